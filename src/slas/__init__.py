@@ -1,0 +1,1 @@
+"""slas: Super-Linear Advantage Shaping for diffusion RL post-training."""

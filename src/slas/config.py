@@ -1,0 +1,208 @@
+"""One typed config for every run, loaded from YAML with ``--set a.b=value`` overrides.
+
+Every error is raised as :class:`ConfigError` with one line naming the offending key, before any model
+is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slas.rl.advantages import PRESETS
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message is one line that names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Strict):
+    rank: int = Field(128, gt=0)
+    alpha: float = Field(256.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    lr: float | None = Field(None, gt=0, description="learning rate when finetune=lora (None: train.lr)")
+
+
+class ModelConfig(_Strict):
+    family: Literal["sd", "flux"]
+    path: str = Field(min_length=1, description="local diffusers directory or a cached hub id")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraSettings = LoraSettings()
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(_Strict):
+    prompts: str = Field(min_length=1, description="a .txt (one per line), .jsonl or .csv prompt file")
+    field: str | None = None
+    shuffle: bool = True
+
+
+class SampleConfig(_Strict):
+    resolution: int = Field(512, gt=0)
+    num_steps: int = Field(50, ge=2)
+    eta: float = Field(1.0, gt=0)
+    guidance_scale: float = Field(5.0, ge=0)
+    shift: float | None = Field(None, gt=0, description="FLUX: static sigma shift; None keeps the scheduler's")
+    sde_kind: Literal["dance", "flow"] = "dance"
+    group_size: int = Field(16, ge=1)
+    prompts_per_iter: int = Field(2, ge=1)
+    groups_per_call: int = Field(1, ge=1)
+    shared_noise: bool = True
+    negative_prompt: str = ""
+    max_sequence_length: int = Field(512, gt=0)
+
+
+class RLConfig(_Strict):
+    """Advantage shaping. ``power`` is the SLAS exponent: the dancegrpo preset always uses (prompt, 1)."""
+
+    preset: Literal["dancegrpo", "slas", "custom"] = "slas"
+    std_scope: Literal["prompt", "batch", "none"] | None = None
+    power: float | None = Field(None, gt=0)
+    clip: float | None = Field(5.0, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    shape_before_norm: bool = True
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> RLConfig:
+        if self.preset == "custom":
+            if self.std_scope is None or self.power is None:
+                raise ValueError("rl.preset=custom needs both rl.std_scope and rl.power")
+            return self
+        scope, power = PRESETS[self.preset]
+        if self.std_scope is not None and self.std_scope != scope:
+            raise ValueError(f"rl.std_scope={self.std_scope} conflicts with rl.preset={self.preset} ({scope})")
+        object.__setattr__(self, "std_scope", scope)
+        object.__setattr__(self, "power", power if power is not None else (self.power or 2.0))
+        return self
+
+
+class EMASettings(_Strict):
+    enabled: bool = False
+    decay: float = Field(0.995, gt=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip epsilon")
+    kl_coef: float = Field(0.0, ge=0)
+    timestep_fraction: float = Field(1.0, gt=0, le=1)
+    timestep_selection: Literal["random", "first"] = "random"
+    batch_size: int = Field(1, ge=1, description="samples per training micro-batch")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    ema: EMASettings = EMASettings()
+
+
+class RewardComponent(_Strict):
+    name: str = Field(min_length=1)
+    weight: float = 1.0
+    options: dict[str, Any] = {}
+
+
+class RewardConfig(_Strict):
+    components: list[RewardComponent] = Field(min_length=1)
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", min_length=1)
+    output_dir: str = "runs"
+    seed: int = 0
+    iterations: int = Field(100, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    progress: bool = True
+
+
+class SLASConfig(_Strict):
+    run: RunConfig = RunConfig()
+    model: ModelConfig
+    data: DataConfig
+    sample: SampleConfig = SampleConfig()
+    rl: RLConfig = RLConfig()
+    train: TrainConfig = TrainConfig()
+    reward: RewardConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if e["type"] == "missing":
+        return f"{loc}: required key is missing"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, bools, lists)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected key=value")
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from exc
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> SLASConfig:
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    for ov in overrides or []:
+        apply_override(data, ov)
+    try:
+        return SLASConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"config error: {_first_error(err)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SLASConfig:
+    """Read a YAML config, apply ``key=value`` overrides and validate it (one-line errors)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return config_from_dict(data, overrides)
+
+
+def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten a config into ``{"a.b": value}`` (for tracker params)."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

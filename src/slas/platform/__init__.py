@@ -1,0 +1,1 @@
+"""The workflow platform: experiment tracking (and, later, the job store and backends)."""

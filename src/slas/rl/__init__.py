@@ -1,0 +1,1 @@
+"""Model-agnostic RL: advantages, policy loss, trajectories and the trainer."""

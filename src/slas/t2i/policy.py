@@ -1,0 +1,293 @@
+"""Shared machinery of the diffusion policies: a diffusers pipeline turned into an RL policy.
+
+Rollouts call the pipeline itself (one batched call per chunk of groups); the only thing swapped in is
+the scheduler's ``step``, replaced for the duration of the call by the policy's stochastic transition,
+which records every latent and its log-prob. Training recomputes the same transition with gradients
+on the recorded latents (``step_distribution``). Subclasses say how to encode prompts, make initial
+noise, call the denoiser and which sampler math applies.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import Tensor
+
+from slas.config import ModelConfig, SampleConfig
+from slas.rl.trajectory import Rollout, Trajectory
+from slas.t2i.sde import gaussian_log_prob
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _StepRecorder:
+    """Stands in for ``scheduler.step`` during a rollout: samples the policy's transition and records it."""
+
+    def __init__(self, policy: DiffusionPolicy, generator: torch.Generator) -> None:
+        self.policy = policy
+        self.generator = generator
+        self.latents: list[Tensor] = []
+        self.log_probs: list[Tensor] = []
+
+    def __call__(self, scheduler, model_output: Tensor, sample: Tensor) -> Tensor:
+        i = len(self.log_probs)
+        mean, std = self.policy._transition(i, model_output, sample, self.policy._schedule(scheduler))
+        noise = randn_tensor(mean.shape, generator=self.generator, device=mean.device, dtype=torch.float32)
+        prev = (mean + std * noise).to(sample.dtype)
+        if not self.latents:
+            self.latents.append(sample)
+        self.latents.append(prev)
+        self.log_probs.append(gaussian_log_prob(prev, mean, std))
+        return prev
+
+
+def _recording_step(self, model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+    prev = self.recorder(self, model_output, sample)
+    return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+
+def _recording_scheduler(base, recorder: _StepRecorder):
+    """A copy of ``base`` (same class and config) whose ``step`` is the recorder."""
+    cls = type(base)
+    rec_cls = type(f"Recording{cls.__name__}", (cls,), {"step": _recording_step})
+    sched = rec_cls.from_config(base.config)
+    sched.recorder = recorder
+    return sched
+
+
+class DiffusionPolicy(abc.ABC):
+    """A diffusers text-to-image pipeline as a policy (see ``slas.rl.trajectory.Policy``)."""
+
+    pipeline_class: type
+    component: str  # the trained module of the pipeline: "unet" or "transformer"
+
+    def __init__(
+        self, pipeline, model: ModelConfig, sample: SampleConfig, *, keep_reference: bool = False
+    ) -> None:
+        self.model_cfg = model
+        self.sample_cfg = sample
+        self.device = resolve_device(model.device)
+        self.dtype = DTYPES[model.dtype]
+        self.pipe = pipeline
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.scheduler = self._make_scheduler(self.pipe.scheduler)
+        self.pipe.to(self.device)
+        for module in self.pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False).eval()
+
+        net = self.denoiser
+        if model.finetune == "lora":
+            lora = model.lora
+            net.add_adapter(
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    init_lora_weights="gaussian",
+                )
+            )
+            params = [p for n, p in net.named_parameters() if "lora_" in n]
+        else:
+            params = list(net.parameters())
+        for p in params:  # float32 master weights; the forward autocasts to model.dtype
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        self._params = params
+        if model.gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        self._reference = None
+        if keep_reference and model.finetune == "full":
+            self._reference = copy.deepcopy(net).requires_grad_(False).eval()
+        self._keep_reference = keep_reference
+        self.num_steps = sample.num_steps
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls, model: ModelConfig, sample: SampleConfig, *, keep_reference: bool = False
+    ) -> DiffusionPolicy:
+        """Load ``model.path`` (a local diffusers dir or a cached hub id; never downloads)."""
+        from slas.preflight import resolve_model_path
+
+        path = resolve_model_path(model.path, model.revision)
+        pipe = cls.pipeline_class.from_pretrained(path, dtype=DTYPES[model.dtype], **cls._load_kwargs())
+        return cls(pipe, model, sample, keep_reference=keep_reference)
+
+    @classmethod
+    def _load_kwargs(cls) -> dict:
+        return {}
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    @abc.abstractmethod
+    def _make_scheduler(self, scheduler):
+        """The scheduler this policy samples with (built from the pipeline's config)."""
+
+    @abc.abstractmethod
+    def _encode(self, prompts: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per-prompt conditioning (leading dim = len(prompts)) and conditioning shared by all samples."""
+
+    @abc.abstractmethod
+    def _initial_noise(self, n: int, generator: torch.Generator) -> Tensor:
+        """Initial latents of ``n`` samples, in the layout the pipeline takes as ``latents=``."""
+
+    @abc.abstractmethod
+    def _pipeline_kwargs(self, cond: dict[str, Tensor], shared: dict[str, Tensor]) -> dict:
+        """Keyword arguments of the pipeline call besides latents, steps, size and output type."""
+
+    @abc.abstractmethod
+    def _schedule(self, scheduler) -> dict[str, Tensor]:
+        """The rollout's noise schedule as training needs it (with "timesteps"); kept in ``trajectory.shared``."""
+
+    @abc.abstractmethod
+    def _transition(self, step, model_output: Tensor, sample: Tensor, schedule: dict) -> tuple[Tensor, Tensor]:
+        """Float32 (mean, std) of the stochastic step ``step`` (int or per-sample tensor)."""
+
+    @abc.abstractmethod
+    def _model_output(self, net, latents: Tensor, steps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
+        """The guided model output the pipeline would compute for these latents at these steps."""
+
+    # ------------------------------------------------------------------ the policy protocol
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.component)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self._params
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str], *, group_size: int, seed: int) -> Rollout:
+        """``group_size`` images per prompt; ``groups_per_call`` groups go through one pipeline call."""
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        per_call = self.sample_cfg.groups_per_call
+        parts = [
+            self._rollout_call(prompts[s : s + per_call], group_size, generator, group_offset=s)
+            for s in range(0, len(prompts), per_call)
+        ]
+        return Rollout.cat(parts)
+
+    def _rollout_call(self, prompts: list[str], group_size: int, generator, group_offset: int) -> Rollout:
+        n = len(prompts) * group_size
+        cond, shared = self._encode(prompts)
+        cond = {k: v.repeat_interleave(group_size, dim=0) for k, v in cond.items()}
+        if self.sample_cfg.shared_noise:
+            noise = self._initial_noise(len(prompts), generator).repeat_interleave(group_size, dim=0)
+        else:
+            noise = self._initial_noise(n, generator)
+        recorder = _StepRecorder(self, generator)
+        original = self.pipe.scheduler
+        self.pipe.scheduler = _recording_scheduler(original, recorder)
+        net = self.denoiser
+        was_training = net.training
+        net.eval()
+        try:
+            with self._autocast():
+                images = self.pipe(
+                    latents=noise,
+                    num_inference_steps=self.num_steps,
+                    height=self.sample_cfg.resolution,
+                    width=self.sample_cfg.resolution,
+                    output_type="pt",
+                    return_dict=False,
+                    **self._pipeline_kwargs(cond, shared),
+                )[0]
+            schedule = self._schedule(self.pipe.scheduler)
+        finally:
+            self.pipe.scheduler = original
+            net.train(was_training)
+        traj = Trajectory(
+            latents=torch.stack(recorder.latents, dim=1),
+            log_probs=torch.stack(recorder.log_probs, dim=1),
+            timesteps=schedule["timesteps"],
+            cond=cond,
+            shared={**shared, **schedule},
+        )
+        group_ids = torch.arange(group_offset, group_offset + len(prompts)).repeat_interleave(group_size)
+        expanded = [p for p in prompts for _ in range(group_size)]
+        return Rollout(images=images.float().clamp(0, 1), prompts=expanded, group_ids=group_ids, trajectory=traj)
+
+    @contextlib.contextmanager
+    def _net(self, reference: bool) -> Iterator[torch.nn.Module]:
+        net = self.denoiser
+        if not reference:
+            yield net
+            return
+        if not self._keep_reference:
+            raise RuntimeError("this policy was built without keep_reference=True; no reference model")
+        if self._reference is not None:
+            yield self._reference
+            return
+        net.disable_adapters()
+        try:
+            yield net
+        finally:
+            net.enable_adapters()
+
+    def step_distribution(
+        self, trajectory: Trajectory, indices: Tensor, step: int | Tensor, *, reference: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, std, log_prob) of recorded transition(s) ``step`` for samples ``indices``, with grad."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=trajectory.latents.device).reshape(-1)
+        steps = torch.as_tensor(step, dtype=torch.long, device=idx.device).reshape(-1).expand(len(idx))
+        x = trajectory.latents[idx, steps].to(self.device)
+        x_next = trajectory.latents[idx, steps + 1].to(self.device)
+        with self._net(reference) as net, self._autocast():
+            out = self._model_output(net, x, steps, trajectory, idx)
+        mean, std = self._transition(steps, out, x, trajectory.shared)
+        return mean, std, gaussian_log_prob(x_next, mean, std)
+
+    def step_log_prob(self, trajectory: Trajectory, indices: Tensor, step: int | Tensor) -> Tensor:
+        return self.step_distribution(trajectory, indices, step)[2]
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_trainable(self, directory: Path) -> None:
+        """Full fine-tune: ``<component>/`` in diffusers format; LoRA: diffusers LoRA weights file."""
+        directory = Path(directory)
+        net = self.denoiser
+        if self.model_cfg.finetune == "lora":
+            layers = get_peft_model_state_dict(net)
+            self.pipeline_class.save_lora_weights(directory, **{f"{self.component}_lora_layers": layers})
+        else:
+            net.save_pretrained(directory / self.component, safe_serialization=True)
+
+    def load_trainable(self, directory: Path) -> None:
+        directory = Path(directory)
+        net = self.denoiser
+        if self.model_cfg.finetune == "lora":
+            state = load_file(directory / LORA_FILE)
+            prefix = f"{self.component}."
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+            result = set_peft_model_state_dict(net, state)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"{directory / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
+        else:
+            files = sorted((directory / self.component).glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no {self.component} weights under {directory}")
+            state = {}
+            for f in files:
+                state.update(load_file(f))
+            net.load_state_dict(state, strict=True)
+        for p in self._params:
+            p.data = p.data.float()

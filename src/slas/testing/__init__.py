@@ -1,0 +1,1 @@
+"""Offline test helpers: tiny randomly initialised diffusers pipelines (see :mod:`slas.testing.tiny`)."""
