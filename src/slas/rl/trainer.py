@@ -156,10 +156,10 @@ class Trainer:
                     loss, st = ppo_clip_loss(logp, traj.log_probs[idx, s], adv_dev[idx], cfg.clip_range)
                     if kl is not None:
                         loss = loss + cfg.kl_coef * kl
-                        sums["kl_ref"] += float(kl)
+                        sums["kl_ref"] += float(kl.detach())
                     # each sample's loss is averaged over its trained steps and the optimizer step's samples
                     (loss * len(idx) / (group_size * k)).backward()
-                    sums["loss"] += float(loss)
+                    sums["loss"] += float(loss.detach())
                     for key in ("ratio", "clip_frac", "approx_kl"):
                         sums[key] += float(st[key])
                     if g == 0:

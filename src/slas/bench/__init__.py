@@ -1,0 +1,1 @@
+"""Benchmarks run by ``slas bench ...`` (figures, never timed tests)."""
