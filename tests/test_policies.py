@@ -162,3 +162,25 @@ def test_sd_training_forward_applies_cfg(tiny_sd_dir):
     torch.testing.assert_close(policy.step_log_prob(r.trajectory, idx, 2), r.trajectory.log_probs[:, 2], atol=1e-4, rtol=0)
     policy.sample_cfg.guidance_scale = 2.0
     assert (policy.step_log_prob(r.trajectory, idx, 2) - r.trajectory.log_probs[:, 2]).abs().max() > 1e-3
+
+
+def test_bf16_autocast_and_gradient_checkpointing(kind_dir):
+    """bf16 frozen parts + float32 master weights under autocast; checkpointing leaves grads unchanged."""
+    kind, path = kind_dir
+    grads = []
+    for checkpointing in (False, True):
+        cls = {"sd": SDPolicy, "flux": FluxPolicy}[kind]
+        model = ModelConfig(family=kind, path=str(path), dtype="bfloat16", gradient_checkpointing=checkpointing)
+        sample = SampleConfig(resolution=32, num_steps=4, group_size=2, max_sequence_length=32,
+                              shift=3.0 if kind == "flux" else None)
+        policy = cls.from_pretrained(model, sample)
+        assert policy.pipe.vae.dtype == torch.bfloat16
+        assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())
+        r = policy.rollout(PROMPTS[:1], group_size=2, seed=0)
+        assert r.trajectory.latents.dtype == torch.bfloat16 and r.trajectory.log_probs.dtype == torch.float32
+        policy.denoiser.train()
+        lp = policy.step_log_prob(r.trajectory, torch.arange(2), 1)
+        torch.testing.assert_close(lp, r.trajectory.log_probs[:, 1], atol=1e-4, rtol=0)
+        lp.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
