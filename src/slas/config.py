@@ -109,12 +109,13 @@ class TrainConfig(_Strict):
 
 class RewardComponent(_Strict):
     name: str = Field(min_length=1)
-    weight: float = 1.0
+    weight: float | dict[str, float] = 1.0
     options: dict[str, Any] = {}
 
 
 class RewardConfig(_Strict):
     components: list[RewardComponent] = Field(min_length=1)
+    normalize: Literal["none", "group_zscore"] = "none"
 
 
 class RunConfig(_Strict):

@@ -52,15 +52,42 @@ def preflight(name: str, options: Mapping[str, Any]) -> None:
         entry.preflight(**options)
 
 
-class CompositeReward:
-    """Weighted sum of component rewards; returns every component plus ``"total"``."""
+def group_zscore(values: Tensor, group_ids: Tensor, eps: float = 1e-8) -> Tensor:
+    """Z-score ``values`` within each prompt group (NaN-aware; a flat group gives 0, NaN stays NaN)."""
+    v = values.double()
+    valid = torch.isfinite(v)
+    _, inv = torch.unique(group_ids.cpu(), return_inverse=True)
+    n = int(inv.max()) + 1
+    w = valid.double()
+    x = torch.where(valid, v, torch.zeros_like(v))
+    count = torch.zeros(n, dtype=v.dtype).index_add(0, inv, w)
+    mean = torch.zeros(n, dtype=v.dtype).index_add(0, inv, x * w) / count.clamp_min(1)
+    sq = torch.zeros(n, dtype=v.dtype).index_add(0, inv, (x - mean[inv]) ** 2 * w)
+    std = (sq / (count - 1).clamp_min(1)).sqrt()
+    z = torch.where(std[inv] > 0, (x - mean[inv]) / (std[inv] + eps), torch.zeros_like(x))
+    return torch.where(valid, z, v).to(values.dtype)
 
-    def __init__(self, components: list[tuple[str, float, Reward]]) -> None:
+
+class CompositeReward:
+    """Weighted sum of component rewards; returns every component (raw) plus ``"total"``.
+
+    ``normalize="group_zscore"`` z-scores each component within its prompt group (``group_ids``
+    condition) before weighting, so components on different scales cannot drown each other
+    (Flow-GRPO's remedy for rewards that fight); the default is the paper's raw weighted sum.
+    """
+
+    def __init__(self, components: list[tuple[str, float | Mapping[str, float], Reward]], normalize: str = "none") -> None:
         if not components:
             raise ValueError("a composite reward needs at least one component")
+        if normalize not in ("none", "group_zscore"):
+            raise ValueError(f"normalize must be 'none' or 'group_zscore', got {normalize!r}")
         self.components = components
+        self.normalize = normalize
 
     def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
+        group_ids = conditions.get("group_ids")
+        if self.normalize == "group_zscore" and group_ids is None:
+            raise ValueError("normalize='group_zscore' needs the group_ids condition")
         out: dict[str, Tensor] = {}
         total = torch.zeros(images.shape[0], dtype=torch.float32)
         for name, weight, reward in self.components:
@@ -70,22 +97,31 @@ class CompositeReward:
                 value = value.detach().float().cpu().reshape(-1)
                 if value.shape[0] != images.shape[0]:
                     raise ValueError(f"reward {label!r} returned {value.shape[0]} values for {images.shape[0]} images")
+                w = weight.get(key, 0.0) if isinstance(weight, Mapping) else weight
                 out[label] = value
-                total = total + weight * value
+                term = group_zscore(value, group_ids) if self.normalize == "group_zscore" else value
+                total = total + w * term
         out["total"] = total
         return out
 
 
 def build(spec) -> CompositeReward:
-    """Build a composite from a ``RewardConfig`` (or a dict/list with name, weight, options)."""
+    """Build a composite from a ``RewardConfig`` (or a dict with ``components`` and ``normalize``).
+
+    Each component is ``{name, weight, options}``; ``weight`` is a float for every output of the
+    reward, or a ``{output: weight}`` mapping for rewards with several outputs.
+    """
     if hasattr(spec, "model_dump"):
         spec = spec.model_dump()
     items = spec["components"] if isinstance(spec, Mapping) else spec
+    normalize = spec.get("normalize", "none") if isinstance(spec, Mapping) else "none"
     components = []
     for item in items:
         name = item["name"]
         if name not in _REGISTRY:
             raise KeyError(f"unknown reward {name!r}; available: {available()}")
         options = dict(item.get("options") or {})
-        components.append((name, float(item.get("weight", 1.0)), _REGISTRY[name].factory(**options)))
-    return CompositeReward(components)
+        weight = item.get("weight", 1.0)
+        weight = dict(weight) if isinstance(weight, Mapping) else float(weight)
+        components.append((name, weight, _REGISTRY[name].factory(**options)))
+    return CompositeReward(components, normalize=normalize)

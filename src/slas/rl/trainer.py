@@ -97,7 +97,7 @@ class Trainer:
         with self._timed("rollout"):
             rollout = self.policy.rollout(prompts, group_size=cfg.sample.group_size, seed=self._seed())
         with self._timed("reward"):
-            rewards = self.reward(rollout.images, rollout.prompts)
+            rewards = self.reward(rollout.images, rollout.prompts, group_ids=rollout.group_ids)
         total = rewards["total"].float().cpu()
         rl = cfg.rl
         adv = compute_advantages(
