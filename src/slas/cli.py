@@ -14,6 +14,8 @@ from slas.preflight import PreflightError
 app = typer.Typer(help="SLAS: reward-hacking-resistant RL post-training for diffusion models.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (speed and overhead; never timed tests).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+reward_app = typer.Typer(help="Reward models: score images before training with them.", no_args_is_help=True)
+app.add_typer(reward_app, name="reward")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set rl.preset=slas")]
 
@@ -49,6 +51,47 @@ def show_config(config: Annotated[Path, typer.Argument(help="YAML run config")],
     except ConfigError as exc:
         _fail(str(exc))
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+
+
+@reward_app.command("score")
+def reward_score(
+    reward: Annotated[str, typer.Option("--reward", help="YAML (run config or reward section) or name[:weight],...")],
+    images: Annotated[Path, typer.Option("--images", help="folder of images (scored in name order)")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="prompt file: one prompt, or one per image")],
+    condition: Annotated[
+        list[str] | None, typer.Option("--condition", help="NAME=FOLDER: per-image condition images, e.g. reference_images=refs/")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="write one JSON line per image here")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per reward call")] = 16,
+) -> None:
+    """Score a folder of images with a reward spec and print per-image scores and their summary."""
+    import json
+
+    from slas.preflight import preflight_reward
+    from slas.rewards import build
+    from slas.rewards.score import align_prompts, list_images, parse_reward_spec, score_folder, summarize
+
+    try:
+        spec = parse_reward_spec(reward)
+        conds = {}
+        for item in condition or []:
+            name, sep, folder = item.partition("=")
+            if not sep:
+                raise ValueError(f"--condition {item!r}: expected NAME=FOLDER")
+            conds[name] = folder
+        texts = align_prompts(prompts, len(list_images(images)))
+        preflight_reward(spec)
+        records = score_folder(build(spec), images, texts, conds, batch_size=batch_size)
+    except (ConfigError, PreflightError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0])
+    keys = [k for k in records[0] if k not in ("image", "prompt")]
+    typer.echo("\t".join(["image", *keys, "prompt"]))
+    for r in records:
+        typer.echo("\t".join([r["image"], *(f"{r[k]:.4f}" for k in keys), r["prompt"][:60]]))
+    for key, (mean, std) in summarize(records).items():
+        typer.echo(f"{key}: mean {mean:.4f} std {std:.4f} over {len(records)} images")
+    if output is not None:
+        output.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 @bench_app.command("overhead")

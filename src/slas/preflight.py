@@ -11,7 +11,7 @@ from pathlib import Path
 from huggingface_hub import constants, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from slas.config import SLASConfig
+from slas.config import RewardConfig, SLASConfig
 
 
 class PreflightError(RuntimeError):
@@ -77,13 +77,18 @@ def resolve_file(path_or_repo: str, filename: str | None = None, *, key: str, re
 
 def preflight(config: SLASConfig) -> None:
     """Raise :class:`PreflightError` naming the first thing the run needs that is missing."""
-    from slas.rewards import registry
-
     resolve_model_path(config.model.path, config.model.revision)
     if not Path(config.data.prompts).is_file():
         raise PreflightError(f"data.prompts: prompt file not found: {config.data.prompts}")
+    preflight_reward(config.reward)
+
+
+def preflight_reward(reward: RewardConfig) -> None:
+    """Every component is a registered reward whose files are here (each reward's own check)."""
+    from slas.rewards import registry
+
     known = registry.available()
-    for i, comp in enumerate(config.reward.components):
+    for i, comp in enumerate(reward.components):
         if comp.name not in known:
             raise PreflightError(f"reward.components.{i}.name: unknown reward {comp.name!r}; available: {known}")
         registry.preflight(comp.name, comp.options)
