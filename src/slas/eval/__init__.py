@@ -1,0 +1,1 @@
+"""Evaluation: GenEval-format scoring rules and runners."""
