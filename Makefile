@@ -3,11 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# With no CUDA GPU, pin the CPU build of torch that this kind of machine serves locally,
-# so that no dependency resolution can pull a multi-GB CUDA wheel.
+# torch and torchvision are pinned as a pair before anything else resolves them. With a CUDA GPU any
+# matching pair in range will do; without one, torch 2.14.1 + torchvision 0.29.1: PyPI's torchvision
+# (needed by open_clip and qwen-vl-utils) only loads beside a CUDA build of torch, and the local CPU
+# build of torch 2.13 has no torchvision that imports. That pair runs on the CPU here.
 comma := ,
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TORCH_SPEC := $(if $(HAS_GPU),torch>=2.4$(comma)<2.15,torch==2.13.0)
+TORCH_SPEC := $(if $(HAS_GPU),torch>=2.4$(comma)<2.15 torchvision>=0.19$(comma)<0.30,torch==2.14.1 torchvision==0.29.1)
 
 .PHONY: setup test lint demo clean
 
@@ -16,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(foreach p,$(TORCH_SPEC),"$(p)")
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -1,0 +1,109 @@
+"""Image similarity (``"image_similarity"``): CLIP image-image cosine to a reference image.
+
+For editing tasks (e.g. product-in-hand) the edited image should keep the reference's identity: the
+reward is the cosine similarity of the CLIP image embeddings of each generated image and its
+reference (condition ``reference_images``: a tensor ``[N, 3, H, W]`` in [0, 1], or a list of ``N``
+PIL images, ``[3, H, W]`` tensors or image paths, which may differ in size). Either CLIP backend of
+:mod:`slas.rewards.clip` (same options, same encoders); key ``"image_similarity"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from slas.preflight import PreflightError
+from slas.rewards.clip import (
+    DEFAULT_HF_MODEL,
+    DEFAULT_OPEN_CLIP_MODEL,
+    DEFAULT_OPEN_CLIP_PRETRAINED,
+    build_encoder,
+    check_common_options,
+    check_preprocess,
+    checked_factory,
+    load_image_batch,
+    resolve_encoder_files,
+)
+from slas.rewards.registry import register
+
+__all__ = ["REFERENCE_CONDITION", "ImageSimilarityReward"]
+
+REFERENCE_CONDITION = "reference_images"
+
+
+class ImageSimilarityReward:
+    """``cos(clip(image), clip(reference))`` per image (key ``"image_similarity"``)."""
+
+    key = "image_similarity"
+
+    def __init__(
+        self,
+        backend: str = "transformers",
+        model: str = DEFAULT_HF_MODEL,
+        revision: str | None = None,
+        model_name: str = DEFAULT_OPEN_CLIP_MODEL,
+        pretrained: str = DEFAULT_OPEN_CLIP_PRETRAINED,
+        filename: str | None = None,
+        preprocess: Mapping[str, Any] | None = None,
+        condition: str = REFERENCE_CONDITION,
+        device: str = "auto",
+        dtype: str = "float32",
+        batch_size: int = 32,
+        weights_only: bool = True,
+    ) -> None:
+        resolved = _check_similarity(
+            backend=backend, model=model, revision=revision, model_name=model_name, pretrained=pretrained,
+            filename=filename, preprocess=preprocess, condition=condition, device=device, dtype=dtype,
+            batch_size=batch_size,
+        )
+        self.condition = condition
+        self.encoder = build_encoder(
+            resolved, device=device, dtype=dtype, batch_size=batch_size, preprocess=preprocess,
+            weights_only=weights_only,
+        )
+
+    def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
+        refs = conditions.get(self.condition)
+        if refs is None:
+            raise ValueError(
+                f"image_similarity needs the {self.condition!r} condition (reference images: a [N, 3, H, W] "
+                f"tensor in [0, 1] or a list of N images/paths); got conditions {sorted(conditions)}"
+            )
+        n = images.shape[0]
+        ref = self.encoder.encode_images(load_image_batch(refs, n, name=self.condition))
+        gen = self.encoder.encode_images(images)
+        return {self.key: (gen * ref).sum(-1).cpu()}
+
+
+def _check_similarity(
+    backend: str = "transformers",
+    model: str = DEFAULT_HF_MODEL,
+    revision: str | None = None,
+    model_name: str = DEFAULT_OPEN_CLIP_MODEL,
+    pretrained: str = DEFAULT_OPEN_CLIP_PRETRAINED,
+    filename: str | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    condition: str = REFERENCE_CONDITION,
+    device: str = "auto",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """Preflight of the ``image_similarity`` options; returns the resolved encoder files."""
+    check_common_options("image_similarity", device=device, dtype=dtype, batch_size=batch_size)
+    if not isinstance(condition, str) or not condition:
+        raise PreflightError(f"reward image_similarity options.condition: must be a condition name, got {condition!r}")
+    try:
+        check_preprocess(preprocess)
+    except ValueError as e:
+        raise PreflightError(f"reward image_similarity options.{e}") from None
+    return resolve_encoder_files(
+        "image_similarity", backend=backend, model=model, revision=revision, model_name=model_name,
+        pretrained=pretrained, filename=filename,
+    )
+
+
+_factory, _preflight = checked_factory("image_similarity", ImageSimilarityReward, _check_similarity)
+register("image_similarity", preflight=_preflight)(_factory)
