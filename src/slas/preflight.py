@@ -28,7 +28,8 @@ def _cache_dir() -> str:
     return os.environ.get("HF_HUB_CACHE", constants.HF_HUB_CACHE)
 
 
-def _looks_like_hub_id(s: str) -> bool:
+def looks_like_hub_id(s: str) -> bool:
+    """``owner/name``, not a path."""
     return s.count("/") == 1 and not s.startswith((".", "/", "~"))
 
 
@@ -41,7 +42,7 @@ def resolve_model_path(
         if not p.is_dir() or not (p / marker).is_file():
             raise PreflightError(f"{key}: {p} is not a model directory (no {marker})")
         return str(p)
-    if not _looks_like_hub_id(path_or_id):
+    if not looks_like_hub_id(path_or_id):
         raise PreflightError(f"{key}: directory {p} does not exist")
     try:
         snap = snapshot_download(path_or_id, revision=revision, local_files_only=True)
@@ -64,7 +65,7 @@ def resolve_file(path_or_repo: str, filename: str | None = None, *, key: str, re
     p = Path(path_or_repo).expanduser()
     if p.is_file():
         return str(p)
-    if filename is None or not _looks_like_hub_id(path_or_repo):
+    if filename is None or not looks_like_hub_id(path_or_repo):
         raise PreflightError(f"{key}: file not found: {p}")
     cached = try_to_load_from_cache(path_or_repo, filename, revision=revision)
     if isinstance(cached, str) and Path(cached).is_file():

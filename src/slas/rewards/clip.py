@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from slas.preflight import PreflightError, resolve_file, resolve_model_path
+from slas.preflight import PreflightError, looks_like_hub_id, resolve_file, resolve_model_path
 from slas.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
 from slas.rewards.registry import register
+from slas.torch_utils import resolve_device, resolve_dtype
 
 __all__ = [
     "CLIPScoreReward",
@@ -55,31 +56,10 @@ DEFAULT_OPEN_CLIP_PRETRAINED = "dfn5b"
 # fetch command in an error names (every open_clip hub repo has it).
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
 _PREPROCESS_KEYS = {"size", "crop_size", "mean", "std", "interpolation", "resize_mode"}
 
 
 # ------------------------------------------------------------------------------------------ options
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {dtype!r}") from None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: the current CUDA device when there is one, else the CPU (``"cuda:1"`` etc. pass through)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def check_common_options(reward: str, *, device: Any, dtype: Any, batch_size: Any) -> None:
@@ -141,10 +121,6 @@ def _hub_file(repo: str, names: Sequence[str], *, key: str, revision: str | None
     raise err
 
 
-def _looks_like_hub_id(s: str) -> bool:
-    return s.count("/") == 1 and not s.startswith((".", "/", "~"))
-
-
 def resolve_open_clip_weights(
     model_name: str, pretrained: str, *, filename: str | None = None, revision: str | None = None, key: str
 ) -> tuple[str, dict[str, Any]]:
@@ -170,7 +146,7 @@ def resolve_open_clip_weights(
         parts = hub.split("/")  # "org/repo/" (open_clip's default file) or "org/repo/file"
         repo, name = "/".join(parts[:2]), "/".join(parts[2:])
         return _hub_file(repo, [name] if name else OPEN_CLIP_WEIGHT_FILES, key=key, revision=revision), tag_cfg
-    if _looks_like_hub_id(pretrained):
+    if looks_like_hub_id(pretrained):
         names = [filename] if filename else list(OPEN_CLIP_WEIGHT_FILES)
         path = _hub_file(pretrained, names, key=key, revision=revision)
         return path, _tag_for_repo(model_name, pretrained)

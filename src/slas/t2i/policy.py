@@ -26,15 +26,9 @@ from torch import Tensor
 from slas.config import ModelConfig, SampleConfig
 from slas.rl.trajectory import Rollout, Trajectory
 from slas.t2i.sde import gaussian_log_prob
+from slas.torch_utils import DTYPES, resolve_device
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_FILE = "pytorch_lora_weights.safetensors"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _StepRecorder:
