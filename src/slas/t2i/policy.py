@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from slas.config import ModelConfig, SampleConfig
 from slas.rl.trajectory import Rollout, Trajectory
-from slas.t2i.sde import gaussian_log_prob
+from slas.t2i.sde import gaussian_log_prob, sample_or_score
 from slas.torch_utils import DTYPES, resolve_device
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -43,12 +42,11 @@ class _StepRecorder:
     def __call__(self, scheduler, model_output: Tensor, sample: Tensor) -> Tensor:
         i = len(self.log_probs)
         mean, std = self.policy._transition(i, model_output, sample, self.policy._schedule(scheduler))
-        noise = randn_tensor(mean.shape, generator=self.generator, device=mean.device, dtype=torch.float32)
-        prev = (mean + std * noise).to(sample.dtype)
+        prev, log_prob = sample_or_score(mean, std, None, self.generator, sample.dtype)
         if not self.latents:
             self.latents.append(sample)
         self.latents.append(prev)
-        self.log_probs.append(gaussian_log_prob(prev, mean, std))
+        self.log_probs.append(log_prob)
         return prev
 
 

@@ -36,7 +36,7 @@ def _per_sample(v: Tensor | float, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _sample_or_score(
+def sample_or_score(
     mean: Tensor, std: Tensor, prev_sample: Tensor | None, generator, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
     """Draw x_next ~ N(mean, std^2) in ``dtype`` unless given, and score it against the float32 mean."""
@@ -105,7 +105,7 @@ def ddim_step_with_logprob(
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for a stochastic step with a log-prob, got {eta}")
     mean, std = ddim_step_mean_std(scheduler, model_output, timestep, sample, eta)
-    return _sample_or_score(mean, std, prev_sample, generator, sample.dtype)
+    return sample_or_score(mean, std, prev_sample, generator, sample.dtype)
 
 
 # --------------------------------------------------------------------------- flow matching (FLUX)
@@ -154,4 +154,4 @@ def flow_sde_step_with_logprob(
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for a stochastic step with a log-prob, got {eta}")
     mean, std = flow_sde_mean_std(model_output, sigma, sigma_next, sample, eta, kind)
-    return _sample_or_score(mean, std, prev_sample, generator, sample.dtype)
+    return sample_or_score(mean, std, prev_sample, generator, sample.dtype)
