@@ -548,15 +548,26 @@ def _check_clip(
     weights_only: bool = True,
 ) -> dict[str, Any]:
     """Preflight of the ``clip`` options; returns the resolved encoder files."""
-    check_common_options("clip", device=device, dtype=dtype, batch_size=batch_size)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise PreflightError(f"reward clip options.scale: must be a number, got {scale!r}")
+    return check_encoder_options(
+        "clip", backend=backend, model=model, revision=revision, model_name=model_name, pretrained=pretrained,
+        filename=filename, preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
+    )
+
+
+def check_encoder_options(
+    reward: str, *, backend: str, model: str, revision: str | None, model_name: str, pretrained: str,
+    filename: str | None, preprocess: Mapping[str, Any] | None, device: str, dtype: str, batch_size: int,
+) -> dict[str, Any]:
+    """Preflight shared by the rewards built on a CLIP encoder; returns the resolved encoder files."""
+    check_common_options(reward, device=device, dtype=dtype, batch_size=batch_size)
     try:
         check_preprocess(preprocess)
     except ValueError as e:
-        raise PreflightError(f"reward clip options.{e}") from None
+        raise PreflightError(f"reward {reward} options.{e}") from None
     return resolve_encoder_files(
-        "clip", backend=backend, model=model, revision=revision, model_name=model_name,
+        reward, backend=backend, model=model, revision=revision, model_name=model_name,
         pretrained=pretrained, filename=filename,
     )
 

@@ -20,11 +20,9 @@ from slas.rewards.clip import (
     DEFAULT_OPEN_CLIP_MODEL,
     DEFAULT_OPEN_CLIP_PRETRAINED,
     build_encoder,
-    check_common_options,
-    check_preprocess,
+    check_encoder_options,
     checked_factory,
     load_image_batch,
-    resolve_encoder_files,
 )
 from slas.rewards.registry import register
 
@@ -92,16 +90,12 @@ def _check_similarity(
     weights_only: bool = True,
 ) -> dict[str, Any]:
     """Preflight of the ``image_similarity`` options; returns the resolved encoder files."""
-    check_common_options("image_similarity", device=device, dtype=dtype, batch_size=batch_size)
     if not isinstance(condition, str) or not condition:
         raise PreflightError(f"reward image_similarity options.condition: must be a condition name, got {condition!r}")
-    try:
-        check_preprocess(preprocess)
-    except ValueError as e:
-        raise PreflightError(f"reward image_similarity options.{e}") from None
-    return resolve_encoder_files(
+    return check_encoder_options(
         "image_similarity", backend=backend, model=model, revision=revision, model_name=model_name,
-        pretrained=pretrained, filename=filename,
+        pretrained=pretrained, filename=filename, preprocess=preprocess, device=device, dtype=dtype,
+        batch_size=batch_size,
     )
 
 
