@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from slas.config import ModelConfig, SampleConfig
+from slas.preflight import resolve_model_path
 from slas.rl.trajectory import Rollout, Trajectory
 from slas.t2i.sde import gaussian_log_prob, sample_or_score
 from slas.torch_utils import DTYPES, resolve_device
@@ -108,7 +109,7 @@ class DiffusionPolicy(abc.ABC):
             net.enable_gradient_checkpointing()
         self._reference = None
         if keep_reference and model.finetune == "full":
-            self._reference = copy.deepcopy(net).requires_grad_(False).eval()
+            self._reference = copy.deepcopy(net).to(self.dtype).requires_grad_(False).eval()
         self._keep_reference = keep_reference
         self.num_steps = sample.num_steps
 
@@ -118,8 +119,6 @@ class DiffusionPolicy(abc.ABC):
         cls, model: ModelConfig, sample: SampleConfig, *, keep_reference: bool = False
     ) -> DiffusionPolicy:
         """Load ``model.path`` (a local diffusers dir or a cached hub id; never downloads)."""
-        from slas.preflight import resolve_model_path
-
         path = resolve_model_path(model.path, model.revision)
         pipe = cls.pipeline_class.from_pretrained(path, dtype=DTYPES[model.dtype], **cls._load_kwargs())
         return cls(pipe, model, sample, keep_reference=keep_reference)
