@@ -20,6 +20,7 @@ reward is built, so ``import slas.rewards`` stays light.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -202,7 +203,7 @@ def _quiet_random_init_warning() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-class _Encoder:
+class _Encoder(abc.ABC):
     """Shared batching: ``encode_images`` / ``encode_texts`` return L2-normalised float32 ``[N, D]``."""
 
     device: torch.device
@@ -213,11 +214,13 @@ class _Encoder:
     def preprocess(self, images: Tensor | Sequence[Tensor]) -> Tensor:
         return preprocess_images(images, device=self.device, dtype=self.dtype, **self.preprocess_cfg)
 
+    @abc.abstractmethod
     def _image_features(self, pixels: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Image embeddings (unnormalised) of preprocessed pixels."""
 
+    @abc.abstractmethod
     def _text_features(self, texts: list[str]) -> Tensor:
-        raise NotImplementedError
+        """Text embeddings (unnormalised)."""
 
     @torch.no_grad()
     def encode_images(self, images: Tensor | Sequence[Tensor]) -> Tensor:
