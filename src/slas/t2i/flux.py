@@ -37,7 +37,7 @@ class FluxPolicy(DiffusionPolicy):
         img_ids = self.pipe._prepare_latent_image_ids(1, size, size, self.device, self.dtype)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}, {"text_ids": text_ids, "img_ids": img_ids}
 
-    def _initial_noise(self, n: int, generator: torch.Generator) -> Tensor:
+    def _initial_noise(self, n: int, generator: list[torch.Generator]) -> Tensor:
         channels = self.denoiser.config.in_channels // 4
         size = self._latent_size()
         noise = randn_tensor((n, channels, size, size), generator=generator, device=self.device, dtype=self.dtype)

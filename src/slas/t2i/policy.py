@@ -31,10 +31,15 @@ from slas.torch_utils import DTYPES, resolve_device
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
+def _seed_for(group: int, sample: int) -> int:
+    """A 63-bit seed for one sample (``-1``: the group's shared initial noise) of one group."""
+    return ((group * 1_000_003 + sample + 2) * 0x9E3779B1) % (2**63 - 1)
+
+
 class _StepRecorder:
     """Stands in for ``scheduler.step`` during a rollout: samples the policy's transition and records it."""
 
-    def __init__(self, policy: DiffusionPolicy, generator: torch.Generator) -> None:
+    def __init__(self, policy: DiffusionPolicy, generator: list[torch.Generator]) -> None:
         self.policy = policy
         self.generator = generator
         self.latents: list[Tensor] = []
@@ -137,7 +142,7 @@ class DiffusionPolicy(abc.ABC):
         """Per-prompt conditioning (leading dim = len(prompts)) and conditioning shared by all samples."""
 
     @abc.abstractmethod
-    def _initial_noise(self, n: int, generator: torch.Generator) -> Tensor:
+    def _initial_noise(self, n: int, generator: list[torch.Generator]) -> Tensor:
         """Initial latents of ``n`` samples, in the layout the pipeline takes as ``latents=``."""
 
     @abc.abstractmethod
@@ -169,21 +174,27 @@ class DiffusionPolicy(abc.ABC):
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], *, group_size: int, seed: int) -> Rollout:
-        """``group_size`` images per prompt; ``groups_per_call`` groups go through one pipeline call."""
-        generator = torch.Generator("cpu").manual_seed(int(seed))
+        """``group_size`` images per prompt; ``groups_per_call`` groups go through one pipeline call.
+
+        Group j draws all its noise from generators seeded by ``(seed + j, sample)``, so a group's images do
+        not depend on how groups are chunked into calls or split across ranks.
+        """
         per_call = self.sample_cfg.groups_per_call
         parts = [
-            self._rollout_call(prompts[s : s + per_call], group_size, generator, group_offset=s)
+            self._rollout_call(prompts[s : s + per_call], group_size, seed, group_offset=s)
             for s in range(0, len(prompts), per_call)
         ]
         return Rollout.cat(parts)
 
-    def _rollout_call(self, prompts: list[str], group_size: int, generator, group_offset: int) -> Rollout:
+    def _rollout_call(self, prompts: list[str], group_size: int, seed: int, group_offset: int) -> Rollout:
         n = len(prompts) * group_size
+        groups = range(seed + group_offset, seed + group_offset + len(prompts))
+        generator = [torch.Generator("cpu").manual_seed(_seed_for(g, i)) for g in groups for i in range(group_size)]
         cond, shared = self._encode(prompts)
         cond = {k: v.repeat_interleave(group_size, dim=0) for k, v in cond.items()}
         if self.sample_cfg.shared_noise:
-            noise = self._initial_noise(len(prompts), generator).repeat_interleave(group_size, dim=0)
+            per_group = [torch.Generator("cpu").manual_seed(_seed_for(g, -1)) for g in groups]
+            noise = self._initial_noise(len(prompts), per_group).repeat_interleave(group_size, dim=0)
         else:
             noise = self._initial_noise(n, generator)
         recorder = _StepRecorder(self, generator)

@@ -44,7 +44,7 @@ class SDPolicy(DiffusionPolicy):
             cond["negative_prompt_embeds"] = neg
         return cond, {}
 
-    def _initial_noise(self, n: int, generator: torch.Generator) -> Tensor:
+    def _initial_noise(self, n: int, generator: list[torch.Generator]) -> Tensor:
         size = self.sample_cfg.resolution // self.pipe.vae_scale_factor
         shape = (n, self.denoiser.config.in_channels, size, size)
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
