@@ -6,6 +6,7 @@ is touched.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,6 +142,22 @@ class SLASConfig(_Strict):
         return Path(self.run.output_dir) / self.run.name
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-5``; YAML 1.1 reads them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML as the config does (safe, with ``1e-5`` read as a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _first_error(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
@@ -165,7 +182,7 @@ def apply_override(data: dict, override: str) -> None:
             raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = nxt
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+        node[parts[-1]] = load_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from exc
 
@@ -186,7 +203,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SLASCon
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from slas.config import SLASConfig
 from slas.platform.tracking import Tracker
+from slas.rl import distributed
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
 from slas.rl.checkpoint import latest_checkpoint, save_checkpoint
 from slas.rl.loss import gaussian_kl, ppo_clip_loss
@@ -58,7 +59,7 @@ class Trainer:
         policy: Policy,
         reward: RewardFn,
         prompts: PromptSampler,
-        tracker: Tracker,
+        tracker: Tracker | None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -74,6 +75,7 @@ class Trainer:
         self.ema = EMAModel(params, decay=t.ema.decay) if t.ema.enabled else None
         self.iteration = 0
         self.timers: dict[str, float] = defaultdict(float)
+        self.rank, self.world = distributed.rank_and_world()
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -85,7 +87,8 @@ class Trainer:
             self.timers[name] += time.perf_counter() - start
 
     def _seed(self) -> int:
-        return self.config.run.seed * 1_000_003 + self.iteration
+        """Rollout seed of this iteration: global group j uses ``_seed() + j`` (see ``Policy.rollout``)."""
+        return (self.config.run.seed * 1_000_003 + self.iteration) * 100_003
 
     # ------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, float]:
@@ -93,31 +96,38 @@ class Trainer:
         cfg = self.config
         self.timers.clear()
         start = time.perf_counter()
-        prompts = self.prompts.next(cfg.sample.prompts_per_iter)
+        k = cfg.sample.prompts_per_iter
+        # every rank draws the same global prompt list and takes its slice; groups are numbered globally
+        prompts = self.prompts.next(k * self.world)[self.rank * k : (self.rank + 1) * k]
         with self._timed("rollout"):
-            rollout = self.policy.rollout(prompts, group_size=cfg.sample.group_size, seed=self._seed())
+            rollout = self.policy.rollout(prompts, group_size=cfg.sample.group_size, seed=self._seed() + self.rank * k)
         with self._timed("reward"):
             rewards = self.reward(rollout.images, rollout.prompts, group_ids=rollout.group_ids)
-        total = rewards["total"].float().cpu()
+        # the global batch: SLAS's batch std is over all ranks
+        rewards = {name: distributed.all_gather_cat(v.float().cpu()) for name, v in rewards.items()}
+        group_ids = distributed.all_gather_cat(rollout.group_ids + self.rank * k)
+        total = rewards["total"]
         rl = cfg.rl
-        adv = compute_advantages(
-            total, rollout.group_ids, std_scope=rl.std_scope, power=rl.power, clip=rl.clip, eps=rl.eps,
+        adv_all = compute_advantages(
+            total, group_ids, std_scope=rl.std_scope, power=rl.power, clip=rl.clip, eps=rl.eps,
             shape_before_norm=rl.shape_before_norm,
         )
+        n_local = len(rollout.prompts)
+        adv = adv_all[self.rank * n_local : (self.rank + 1) * n_local]
         metrics: dict[str, float] = {}
         for name, values in rewards.items():
-            metrics[f"reward/{name}/mean"], metrics[f"reward/{name}/std"] = _stats(values.float().cpu())
+            metrics[f"reward/{name}/mean"], metrics[f"reward/{name}/std"] = _stats(values)
         metrics["reward/nonfinite"] = float((~torch.isfinite(total)).sum())
-        metrics["zero_std_group_ratio"] = zero_std_group_ratio(total, rollout.group_ids)
-        metrics["adv/mean_abs"] = float(adv.abs().mean())
-        metrics["adv/max_abs"] = float(adv.abs().max())
-        metrics["adv/frac_gt1"] = float((adv.abs() > 1).float().mean())
+        metrics["zero_std_group_ratio"] = zero_std_group_ratio(total, group_ids)
+        metrics["adv/mean_abs"] = float(adv_all.abs().mean())
+        metrics["adv/max_abs"] = float(adv_all.abs().max())
+        metrics["adv/frac_gt1"] = float((adv_all.abs() > 1).float().mean())
         with self._timed("train"):
             metrics.update(self._update(rollout, adv))
         self.iteration += 1
         elapsed = time.perf_counter() - start
         metrics["time/iteration"] = elapsed
-        metrics["images_per_sec"] = len(rollout.prompts) / elapsed
+        metrics["images_per_sec"] = len(rollout.prompts) * self.world / elapsed
         for name, seconds in self.timers.items():
             metrics[f"time/{name}"] = seconds
         return metrics
@@ -126,7 +136,7 @@ class Trainer:
         cfg = self.config.train
         traj = rollout.trajectory
         n = traj.num_samples
-        gen = torch.Generator().manual_seed(self._seed() + 7)
+        gen = torch.Generator().manual_seed(self._seed() + 7 + self.rank)
         steps = trained_steps(self.policy.num_steps, cfg.timestep_fraction, n, cfg.timestep_selection, gen)
         k = steps.shape[1]
         order = torch.randperm(n, generator=gen)
@@ -165,6 +175,7 @@ class Trainer:
                     if g == 0:
                         ratio_dev_before = max(ratio_dev_before, float(st["ratio_dev"]))
                     count += 1
+            distributed.average_gradients(params)
             if cfg.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             else:
@@ -178,7 +189,7 @@ class Trainer:
         out["ratio_dev_before_update"] = ratio_dev_before
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["optimizer_steps"] = float(len(groups))
-        return out
+        return distributed.mean_over_ranks(out)  # with several ranks: the mean of each rank's figure
 
     # ------------------------------------------------------------------ the loop
     def train(self, iterations: int | None = None) -> list[dict[str, float]]:
@@ -186,11 +197,12 @@ class Trainer:
         cfg = self.config.run
         until = iterations if iterations is not None else cfg.iterations
         history = []
-        bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=not cfg.progress, unit="it")
+        bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=not cfg.progress or self.rank > 0, unit="it")
         try:
             while self.iteration < until:
                 metrics = self.step()
-                self.tracker.log_metrics(metrics, step=self.iteration)
+                if self.tracker is not None:
+                    self.tracker.log_metrics(metrics, step=self.iteration)
                 history.append(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}", s_it=f"{metrics['time/iteration']:.1f}")
@@ -202,6 +214,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes; the other ranks wait for it (every rank holds the same weights)."""
+        path = self.ckpt_dir / f"iter_{self.iteration:06d}"
+        if self.rank == 0:
+            path = self._write_checkpoint()
+        distributed.barrier()
+        return path
+
+    def _write_checkpoint(self) -> Path:
         def write(tmp: Path) -> None:
             self.policy.save_trainable(tmp / "trainable")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
