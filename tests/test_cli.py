@@ -16,9 +16,9 @@ from slas.config import config_from_dict, load_config
 ROOT = Path(__file__).resolve().parents[1]
 SD = str(ROOT / "configs" / "sd14_hps_clip.yaml")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Plain, wide help text whatever the CI's terminal settings (rich wraps and colours otherwise).
-ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "FORCE_COLOR": None, "PY_COLORS": None,
-       "GITHUB_ACTIONS": None, "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
+# Wide, uncoloured help where the environment allows it (rich wraps to COLUMNS); typer may still force
+# colour from variables read at import (GITHUB_ACTIONS), so outputs are also stripped of ANSI codes.
+ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "FORCE_COLOR": None}
 
 
 def _runner() -> CliRunner:

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
-from slas.config import RewardConfig
+from slas.config import RewardConfig, load_yaml
 from slas.t2i.prompts import load_prompts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -24,7 +23,7 @@ def parse_reward_spec(spec: str) -> RewardConfig:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"reward spec file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
         data = data.get("reward", data) if isinstance(data, dict) else data
     else:
         comps = []
