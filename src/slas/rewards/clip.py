@@ -83,12 +83,14 @@ def checked_factory(
 ) -> tuple[Callable[..., Any], Callable[..., None]]:
     """``(factory, preflight)`` for the registry: both reject unknown option names with a PreflightError.
 
-    ``preflight(**options)`` then runs ``check(**options)`` (file resolution, nothing loaded);
+    ``preflight(**options)`` then runs ``check`` on the options bound to ``cls``'s signature with its
+    defaults applied (the defaults live in ``cls.__init__`` alone; file resolution only, nothing loaded);
     ``factory(**options)`` builds ``cls(**options)`` (whose ``__init__`` runs the same check first).
     """
     import inspect
 
-    allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
+    signature = inspect.signature(cls)
+    allowed = [p for p in signature.parameters if p != "self"]
 
     def known(options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(allowed))
@@ -101,7 +103,9 @@ def checked_factory(
 
     def preflight(**options: Any) -> None:
         known(options)
-        check(**options)
+        bound = signature.bind(**options)
+        bound.apply_defaults()
+        check(**bound.arguments)
 
     factory.__name__ = factory.__qualname__ = f"build_{reward}"
     factory.__doc__ = cls.__doc__
@@ -520,7 +524,7 @@ class CLIPScoreReward:
     ) -> None:
         resolved = _check_clip(
             backend=backend, model=model, revision=revision, model_name=model_name, pretrained=pretrained,
-            filename=filename, preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
+            filename=filename, preprocess=preprocess, scale=scale, device=device, dtype=dtype, batch_size=batch_size,
         )
         self.encoder = build_encoder(
             resolved, device=device, dtype=dtype, batch_size=batch_size, preprocess=preprocess,
@@ -537,18 +541,8 @@ class CLIPScoreReward:
 
 
 def _check_clip(
-    backend: str = "transformers",
-    model: str = DEFAULT_HF_MODEL,
-    revision: str | None = None,
-    model_name: str = DEFAULT_OPEN_CLIP_MODEL,
-    pretrained: str = DEFAULT_OPEN_CLIP_PRETRAINED,
-    filename: str | None = None,
-    preprocess: Mapping[str, Any] | None = None,
-    scale: float = 1.0,
-    device: str = "auto",
-    dtype: str = "float32",
-    batch_size: int = 32,
-    weights_only: bool = True,
+    *, backend: str, model: str, revision: str | None, model_name: str, pretrained: str, filename: str | None,
+    preprocess: Mapping[str, Any] | None, scale: float, device: str, dtype: str, batch_size: int, **_: Any,
 ) -> dict[str, Any]:
     """Preflight of the ``clip`` options; returns the resolved encoder files."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):

@@ -83,14 +83,8 @@ class HPSv21Reward:
 
 
 def _check_hps(
-    checkpoint: str = HPS_REPO,
-    filename: str = HPS_CHECKPOINT_FILE,
-    revision: str | None = None,
-    model_name: str = HPS_MODEL_NAME,
-    device: str = "auto",
-    dtype: str = "float32",
-    batch_size: int = 32,
-    weights_only: bool = True,
+    *, checkpoint: str, filename: str, revision: str | None, model_name: str, device: str, dtype: str,
+    batch_size: int, **_: Any,
 ) -> str:
     """Preflight of the ``hpsv21`` options (nothing is loaded); returns the checkpoint's local path."""
     if not isinstance(checkpoint, str) or not checkpoint:

@@ -249,7 +249,6 @@ class QwenVLJudge:
             model=model, revision=revision, criteria=criteria, template_set=template_set,
             template_version=template_version, templates_dir=templates_dir, device=device, dtype=dtype,
             batch_size=batch_size, min_pixels=min_pixels, max_pixels=max_pixels,
-            attn_implementation=attn_implementation,
         )
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -400,18 +399,9 @@ def _size_field(size: Any, name: str) -> int:
 
 
 def _check_mllm(
-    model: str = DEFAULT_MODEL,
-    revision: str | None = None,
-    criteria: Sequence[str] | None = None,
-    template_set: str = DEFAULT_TEMPLATE_SET,
-    template_version: str = DEFAULT_TEMPLATE_VERSION,
-    templates_dir: str | None = None,
-    device: str = "auto",
-    dtype: str = "bfloat16",
-    batch_size: int = 8,
-    min_pixels: int | None = None,
-    max_pixels: int | None = None,
-    attn_implementation: str | None = None,
+    *, model: str, revision: str | None, criteria: Sequence[str] | None, template_set: str, template_version: str,
+    templates_dir: str | None, device: str, dtype: str, batch_size: int, min_pixels: int | None,
+    max_pixels: int | None, **_: Any,
 ) -> tuple[str, dict[str, JudgeTemplate]]:
     """Preflight of the ``mllm_judge`` options: ``(model dir, templates)``; nothing is loaded."""
     check_common_options("mllm_judge", device=device, dtype=dtype, batch_size=batch_size)

@@ -76,18 +76,8 @@ class ImageSimilarityReward:
 
 
 def _check_similarity(
-    backend: str = "transformers",
-    model: str = DEFAULT_HF_MODEL,
-    revision: str | None = None,
-    model_name: str = DEFAULT_OPEN_CLIP_MODEL,
-    pretrained: str = DEFAULT_OPEN_CLIP_PRETRAINED,
-    filename: str | None = None,
-    preprocess: Mapping[str, Any] | None = None,
-    condition: str = REFERENCE_CONDITION,
-    device: str = "auto",
-    dtype: str = "float32",
-    batch_size: int = 32,
-    weights_only: bool = True,
+    *, backend: str, model: str, revision: str | None, model_name: str, pretrained: str, filename: str | None,
+    preprocess: Mapping[str, Any] | None, condition: str, device: str, dtype: str, batch_size: int, **_: Any,
 ) -> dict[str, Any]:
     """Preflight of the ``image_similarity`` options; returns the resolved encoder files."""
     if not isinstance(condition, str) or not condition:
