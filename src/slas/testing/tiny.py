@@ -114,10 +114,17 @@ _T5_PAD, _T5_EOS, _T5_UNK, _T5_SPACE = "<pad>", "</s>", "<unk>", "\u2581"
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, component: str) -> Iterator[None]:
-    """Seed torch's CPU RNG for one component without disturbing the caller's RNG state."""
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU RNG for a block without disturbing the caller's RNG state."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * len(_SEED_OFFSETS) + _SEED_OFFSETS[component])
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, component: str) -> Iterator[None]:
+    """Seed one component of a tiny pipeline (each component its own stream)."""
+    with seeded(seed * len(_SEED_OFFSETS) + _SEED_OFFSETS[component]):
         yield
 
 

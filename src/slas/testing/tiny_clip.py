@@ -16,16 +16,14 @@ Every builder is seeded (without disturbing the caller's RNG): the same seed giv
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from slas.testing.tiny import CLIP_MAX_LENGTH, build_tiny_clip_tokenizer
+from slas.testing.tiny import CLIP_MAX_LENGTH, build_tiny_clip_tokenizer, seeded
 
 __all__ = [
     "TINY_HF_CLIP_IMAGE_SIZE",
@@ -49,13 +47,6 @@ TINY_OPEN_CLIP_CONFIG: dict[str, Any] = {
 
 TINY_HF_CLIP_IMAGE_SIZE = 64
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def register_tiny_open_clip(config_dir: str | Path | None = None) -> str:
     """Make :data:`TINY_OPEN_CLIP_MODEL` known to open_clip (idempotent); return its name.
 
@@ -78,7 +69,7 @@ def build_tiny_open_clip(seed: int = 0) -> torch.nn.Module:
     import open_clip
 
     name = register_tiny_open_clip()
-    with _seeded(seed):
+    with seeded(seed):
         model = open_clip.create_model(name, pretrained=None)
     return model.eval()
 
@@ -135,7 +126,7 @@ def save_tiny_hf_clip(path: str | Path, *, seed: int = 0) -> Path:
         },
         projection_dim=16,
     )
-    with _seeded(seed):
+    with seeded(seed):
         model = CLIPModel(config).eval()
     processor = CLIPImageProcessor(
         size={"shortest_edge": side},

@@ -24,12 +24,12 @@ Transformers 5 notes:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from slas.testing.tiny import seeded
 
 __all__ = [
     "QWEN2_5_VL_CHAT_TEMPLATE",
@@ -101,13 +101,6 @@ TINY_QWEN_MAX_PIXELS = 28 * 28 * 16
 """Processor ``max_pixels``: at most 16 merged tokens (e.g. 112x112 px) per image."""
 
 TEXT_HIDDEN = 64
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def build_tiny_qwen_tokenizer() -> Any:
@@ -216,7 +209,7 @@ def build_tiny_qwen_vl(seed: int = 0) -> tuple[Any, Any]:
 
     tokenizer = build_tiny_qwen_tokenizer()
     config = _tiny_config(tokenizer)
-    with _seeded(seed):
+    with seeded(seed):
         model = Qwen2_5_VLForConditionalGeneration(config)
         # Randomly initialised logits are nearly flat; a wider lm_head makes the judge's answer
         # distribution (and so any mismatch in a test) clearly visible.
