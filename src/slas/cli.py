@@ -9,6 +9,7 @@ import typer
 import yaml
 
 from slas.config import ConfigError, load_config
+from slas.platform.jobs_cli import jobs_app
 from slas.preflight import PreflightError
 
 app = typer.Typer(help="SLAS: reward-hacking-resistant RL post-training for diffusion models.", no_args_is_help=True)
@@ -16,6 +17,7 @@ bench_app = typer.Typer(help="Benchmarks (speed and overhead; never timed tests)
 app.add_typer(bench_app, name="bench")
 reward_app = typer.Typer(help="Reward models: score images before training with them.", no_args_is_help=True)
 app.add_typer(reward_app, name="reward")
+app.add_typer(jobs_app, name="jobs")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set rl.preset=slas")]
 
@@ -30,17 +32,28 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML run config (see configs/)")],
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint of this run")] = False,
+    job_id: Annotated[int | None, typer.Option("--job-id", help="run as this queued job (set by `slas jobs`)")] = None,
 ) -> None:
-    """Post-train a text-to-image model with GRPO-style RL (DanceGRPO or SLAS advantages)."""
-    from slas.run import build_trainer
+    """Post-train a text-to-image model with GRPO-style RL (DanceGRPO or SLAS advantages).
+
+    The run is recorded in the job store (`slas jobs list`); SIGTERM stops it after the current iteration
+    with a checkpoint, and the job ends as cancelled.
+    """
+    from slas.platform.db import StoreError
+    from slas.platform.jobs import JobError
+    from slas.run import EXIT_CANCELLED, run_training
 
     try:
         cfg = load_config(config, set_ or [])
-        trainer = build_trainer(cfg, resume=resume)
-    except (ConfigError, PreflightError, FileNotFoundError) as exc:
+        outcome = run_training(cfg, resume=resume, job_id=job_id)
+    except (ConfigError, PreflightError, FileNotFoundError, StoreError, JobError) as exc:
         _fail(str(exc))
-    trainer.train()
-    typer.echo(f"done: {trainer.iteration} iterations; metrics and checkpoints in {cfg.run_dir}")
+    trainer = outcome.trainer
+    job = f"job {outcome.job_id}: " if outcome.job_id is not None else ""
+    if outcome.status == "cancelled":
+        typer.echo(f"{job}cancelled at iteration {trainer.iteration}; checkpoint in {trainer.ckpt_dir}", err=True)
+        raise typer.Exit(EXIT_CANCELLED)
+    typer.echo(f"{job}done: {trainer.iteration} iterations; metrics and checkpoints in {cfg.run_dir}")
 
 
 @app.command("config")

@@ -1,18 +1,37 @@
-"""Assemble a training run from a config: preflight, policy, reward, prompts, tracker, trainer."""
+"""Assemble a training run from a config (preflight, policy, reward, prompts, tracker, trainer) and run it
+as a job: recorded in the job store, stopped gracefully by SIGTERM, its checkpoints registered.
+"""
 
 from __future__ import annotations
 
+import inspect
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from slas.config import SLASConfig, flatten
 from slas.platform.tracking import JsonlTracker
 from slas.preflight import preflight
 from slas.rewards import build
 from slas.rl import distributed
+from slas.rl.checkpoint import list_checkpoints
 from slas.rl.trainer import Trainer
 from slas.t2i.flux import FluxPolicy
 from slas.t2i.prompts import PromptSampler, load_prompts
 from slas.t2i.sd import SDPolicy
+
+if TYPE_CHECKING:
+    from slas.platform.db import Store
 
 POLICIES = {"sd": SDPolicy, "flux": FluxPolicy}
 
@@ -37,3 +56,155 @@ def build_trainer(config: SLASConfig, *, resume: bool = False) -> Trainer:
     if resume:
         trainer.load_checkpoint()
     return trainer
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+EXIT_CANCELLED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+@dataclass
+class TrainingOutcome:
+    """How a run ended (``completed`` or ``cancelled``; failures raise) and the job that recorded it."""
+
+    status: str
+    trainer: Trainer
+    job_id: int | None
+
+
+class _Terminated(BaseException):
+    """A second SIGTERM: stop now, without waiting for the iteration to end."""
+
+
+@contextmanager
+def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
+    """The first SIGTERM asks for a graceful stop (checkpoint at the next iteration boundary); a second one
+    stops at once. Signal handlers can only be set from the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag.is_set():
+            raise _Terminated()
+        flag.set()
+        print("SIGTERM: stopping after this iteration; a checkpoint will be written", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _job_for_direct_run(store: Store, config: SLASConfig, resume: bool) -> int:
+    """``slas train`` without ``--job-id``: a new job row, or with ``--resume`` the job that wrote this run dir."""
+    from slas.platform.jobs import JobError, JobManager
+
+    run_dir = config.run_dir.resolve()
+    cfg_json = config.model_dump(mode="json")
+    if resume:
+        previous = store.find_jobs_by_run_dir(run_dir)
+        if previous:
+            job = JobManager(store).refresh(previous[0])
+            if job.is_active:
+                raise JobError(f"job {job.id} is still {job.status} in {run_dir} (pid {job.pid} on {job.host})")
+            return store.requeue_job(job.id, config=cfg_json).id
+    job = store.create_job(name=config.run.name, config=cfg_json, run_dir=run_dir, backend="local", workdir=Path.cwd())
+    return job.id
+
+
+def run_training(
+    config: SLASConfig, *, resume: bool = False, job_id: int | None = None, store: Store | None = None,
+    configure: Callable[[Trainer], None] | None = None,
+) -> TrainingOutcome:
+    """Train ``config`` as a job of the store (``store``, default :func:`slas.platform.db.open_store`).
+
+    With ``job_id`` the job was queued by ``slas jobs submit``/``resume``; without, ``slas train`` was run
+    directly and gets a job row of its own (with ``resume``: the job that last wrote this run dir). The
+    run records a new attempt, its checkpoints and its end: completed, cancelled (SIGTERM: the iteration
+    finishes, a checkpoint is written) or failed with the error (which is re-raised). ``configure`` is
+    called with the built trainer before training (to set hooks such as ``after_step``).
+    """
+    from slas.platform.db import open_store
+
+    rank, _ = distributed.init_from_env()
+    stop = threading.Event()
+    with _sigterm_sets(stop):
+        if rank != 0:  # one writer per run
+            return _train_recorded(config, resume, stop, None, None, None, configure)
+        own_store = store is None
+        if own_store:
+            store = open_store()
+        try:
+            if job_id is None:
+                preflight(config)  # a run that cannot start gets no job row
+                job_id = _job_for_direct_run(store, config, resume)
+            attempt = store.begin_attempt(job_id, pid=os.getpid())
+            return _train_recorded(config, resume, stop, store, job_id, attempt, configure)
+        finally:
+            if own_store:
+                store.close()
+
+
+def _close_tracker(tracker: Any, status: str) -> None:
+    """Close with the run's end (MLflow's FINISHED/FAILED/KILLED) where the tracker takes one."""
+    if tracker is None:
+        return
+    try:
+        if "status" in inspect.signature(tracker.close).parameters:
+            tracker.close(status=status)
+        else:
+            tracker.close()
+    except Exception as exc:  # never hide the run's own outcome (or its error) behind a tracker's
+        warnings.warn(f"tracker: close failed: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
+
+
+def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, store: Any, job_id: int | None,
+                    attempt: Any, configure: Callable[[Trainer], None] | None = None) -> TrainingOutcome:
+    def record(what: str, fn: str, *args: Any, **kwargs: Any) -> None:
+        if store is None:
+            return
+        try:
+            getattr(store, fn)(*args, **kwargs)
+        except SQLAlchemyError as exc:  # the store is bookkeeping: never lose a training run to it
+            warnings.warn(f"job store: could not record {what}: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
+
+    trainer = None
+    try:
+        trainer = build_trainer(config, resume=resume)
+        trainer.should_stop = stop.is_set
+        if store is not None:
+            trainer.on_checkpoint = lambda path, it: record("a checkpoint", "add_checkpoint", job_id, it, path.resolve())
+            if trainer.resumed_from is not None:
+                record("the resume point", "set_attempt_resumed_from", attempt.id, trainer.resumed_from.resolve())
+                # a process killed between publishing a checkpoint and recording it left it unrecorded
+                found = [(int(p.name.removeprefix("iter_")), p.resolve()) for p in list_checkpoints(trainer.ckpt_dir)]
+                record("earlier checkpoints", "sync_checkpoints", job_id, found)
+            run_id = getattr(trainer.tracker, "run_id", None)  # an MLflow tracker's run, kept for resumes
+            if isinstance(run_id, str):
+                record("the MLflow run id", "set_mlflow_run_id", job_id, run_id)
+        if configure is not None:
+            configure(trainer)
+        trainer.train()
+    except (KeyboardInterrupt, _Terminated) as exc:
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        reason = "interrupted (Ctrl-C)" if ctrl_c else "terminated (second SIGTERM)"
+        record("the end state", "finish_job", job_id, "cancelled", error=reason, exit_code=130 if ctrl_c else EXIT_CANCELLED)
+        _close_tracker(trainer and trainer.tracker, "KILLED")
+        raise
+    except BaseException as exc:
+        record("the end state", "finish_job", job_id, "failed", error=_one_line(exc), exit_code=1)
+        _close_tracker(trainer and trainer.tracker, "FAILED")
+        raise
+    _close_tracker(trainer.tracker, "KILLED" if trainer.stopped else "FINISHED")
+    status = "cancelled" if trainer.stopped else "completed"
+    code = EXIT_CANCELLED if trainer.stopped else 0
+    error = f"cancelled at iteration {trainer.iteration} (checkpoint written)" if trainer.stopped else None
+    record("the end state", "finish_job", job_id, status, error=error, exit_code=code)
+    return TrainingOutcome(status, trainer, job_id)

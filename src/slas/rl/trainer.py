@@ -76,6 +76,15 @@ class Trainer:
         self.iteration = 0
         self.timers: dict[str, float] = defaultdict(float)
         self.rank, self.world = distributed.rank_and_world()
+        # hooks for the job runner (slas.run.run_training): a graceful stop (SIGTERM) is honoured between
+        # iterations, and each published checkpoint is reported (rank 0 only)
+        self.should_stop: Callable[[], bool] | None = None
+        self.on_checkpoint: Callable[[Path, int], None] | None = None
+        # after each iteration, before its metrics are logged: extra metrics for the same step (evaluations)
+        self.after_step: Callable[[Trainer, dict[str, float]], dict[str, float] | None] | None = None
+        self.stopped = False
+        self.resumed_from: Path | None = None
+        self._saved_iteration = 0
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -192,15 +201,35 @@ class Trainer:
         return distributed.mean_over_ranks(out)  # with several ranks: the mean of each rank's figure
 
     # ------------------------------------------------------------------ the loop
+    def _stop_requested(self) -> bool:
+        """``should_stop()`` on any rank stops every rank at the same iteration boundary."""
+        if self.should_stop is None:
+            return False
+        flag = float(bool(self.should_stop()))
+        if self.world > 1:
+            flag = distributed.mean_over_ranks({"stop": flag})["stop"]
+        return flag > 0
+
     def train(self, iterations: int | None = None) -> list[dict[str, float]]:
-        """Train until ``iterations`` (default ``run.iterations``) are done; checkpoint every N and at the end."""
+        """Train until ``iterations`` (default ``run.iterations``) are done; checkpoint every N and at the end.
+
+        When ``should_stop()`` turns true the current iteration finishes, a checkpoint is written and
+        ``stopped`` is set, so a cancelled run resumes exactly where it stopped.
+        """
         cfg = self.config.run
         until = iterations if iterations is not None else cfg.iterations
         history = []
         bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=not cfg.progress or self.rank > 0, unit="it")
         try:
             while self.iteration < until:
+                if self._stop_requested():
+                    self.stopped = True
+                    if self.iteration != self._saved_iteration:
+                        self.save_checkpoint()
+                    break
                 metrics = self.step()
+                if self.after_step is not None:
+                    metrics.update(self.after_step(self, metrics) or {})
                 if self.tracker is not None:
                     self.tracker.log_metrics(metrics, step=self.iteration)
                 history.append(metrics)
@@ -218,7 +247,10 @@ class Trainer:
         path = self.ckpt_dir / f"iter_{self.iteration:06d}"
         if self.rank == 0:
             path = self._write_checkpoint()
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(path, self.iteration)
         distributed.barrier()
+        self._saved_iteration = self.iteration
         return path
 
     def _write_checkpoint(self) -> Path:
@@ -250,6 +282,7 @@ class Trainer:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         state = json.loads((path / "trainer_state.json").read_text())
-        self.iteration = int(state["iteration"])
+        self.iteration = self._saved_iteration = int(state["iteration"])
         self.prompts.load_state_dict(state["prompts"])
+        self.resumed_from = path
         return path
