@@ -175,8 +175,14 @@ def _tag_for_repo(model_name: str, repo: str) -> dict[str, Any]:
 
 
 def check_open_clip_model_name(model_name: str, *, key: str) -> None:
+    """A registered open_clip architecture, or open_clip's ``local-dir:DIR`` with its ``open_clip_config.json``."""
     import open_clip
 
+    if model_name.startswith("local-dir:"):
+        config = Path(model_name.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
+        if not config.is_file():
+            raise PreflightError(f"{key}: {model_name!r} has no open_clip_config.json ({config})")
+        return
     if model_name not in open_clip.list_models():
         import difflib
 

@@ -8,21 +8,7 @@ built from an explicit config and seeded, so the same seed always yields identic
 Geometry shared by both pipelines: a ``32x32`` image maps to an ``8x8x4`` latent
 (``vae_scale_factor == 4``). FLUX packs that latent 2x2 into 16 tokens of 16 channels.
 
-Transformers 5 notes (why the tokenizers look the way they do):
-
-* ``CLIPTokenizerFast`` / ``T5TokenizerFast`` are plain aliases of ``CLIPTokenizer`` /
-  ``T5Tokenizer``; both are ``tokenizers``-backed.
-* ``from_pretrained`` does not reload ``tokenizer.json`` verbatim for these classes: it pulls the
-  vocab (and merges) out of it and re-runs the class ``__init__``, which rebuilds its own
-  normalizer / pre-tokenizer / model. A custom backend therefore only survives a round trip if it
-  mirrors the class's own pipeline exactly.
-* ``CLIPTokenizer`` hard-codes ``end_of_word_suffix="</w>"``: with no merges, the last character
-  of every word is looked up as ``"<c></w>"``, so the vocab also carries the 256 ``</w>`` variants
-  (the same layout as the real CLIP vocab: bytes, bytes + ``</w>``, then specials).
-* ``T5Tokenizer`` hard-codes a ``Unigram`` model (and on reload builds ``Unigram(vocab)``, which
-  rejects a BPE ``dict`` vocab), so a byte-level BPE cannot round-trip as a T5 tokenizer. The T5
-  tokenizer is therefore a ``Unigram`` over the same 256-character alphabet plus ``"▁"`` and no
-  multi-character pieces (the no-merges analogue), with ``extra_ids=0``.
+Tokenizers come from :mod:`slas.tokenization` (byte-level, no words).
 """
 
 from __future__ import annotations
@@ -42,8 +28,6 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-from tokenizers.models import BPE, Unigram
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -52,6 +36,10 @@ from transformers import (
     T5EncoderModel,
     T5TokenizerFast,
 )
+
+from slas.tokenization import CLIP_MAX_LENGTH, T5_MAX_LENGTH
+from slas.tokenization import build_clip_tokenizer as build_tiny_clip_tokenizer
+from slas.tokenization import build_t5_tokenizer as build_tiny_t5_tokenizer
 
 __all__ = [
     "CLIP_MAX_LENGTH",
@@ -75,8 +63,6 @@ TINY_IMAGE_SIZE = 32
 TINY_LATENT_SIZE = 8
 """Latent side for a :data:`TINY_IMAGE_SIZE` image (``vae_scale_factor == 4``)."""
 TINY_LATENT_CHANNELS = 4
-CLIP_MAX_LENGTH = 77
-T5_MAX_LENGTH = 512
 
 SD14_DDIM_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -104,15 +90,6 @@ FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {
 # Fixed per-component seed offsets, so that each component's weights depend only on (seed, component).
 _SEED_OFFSETS = {"unet": 0, "vae": 1, "clip": 2, "t5": 3, "transformer": 4}
 
-# Same pre-tokenisation as transformers' CLIPTokenizer (it rebuilds exactly this on reload).
-_CLIP_SPLIT_PATTERN = (
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-)
-_CLIP_BOS = "<|startoftext|>"
-_CLIP_EOS = "<|endoftext|>"
-_T5_PAD, _T5_EOS, _T5_UNK, _T5_SPACE = "<pad>", "</s>", "<unk>", "\u2581"
-
-
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed torch's CPU RNG for a block without disturbing the caller's RNG state."""
@@ -126,79 +103,6 @@ def _seeded(seed: int, component: str) -> Iterator[None]:
     """Seed one component of a tiny pipeline (each component its own stream)."""
     with seeded(seed * len(_SEED_OFFSETS) + _SEED_OFFSETS[component]):
         yield
-
-
-def _byte_level_alphabet() -> list[str]:
-    """The 256 byte-level characters, in a fixed (sorted) order."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    assert len(alphabet) == 256
-    return alphabet
-
-
-# --------------------------------------------------------------------------------------------- tokenizers
-
-
-def build_tiny_clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizerFast:
-    """Byte-level BPE CLIP tokenizer with no merges (514 ids: 256 bytes, 256 ``</w>`` bytes, bos, eos)."""
-    alphabet = _byte_level_alphabet()
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    vocab.update({ch + "</w>": i + len(alphabet) for i, ch in enumerate(alphabet)})
-    vocab[_CLIP_BOS] = len(vocab)
-    vocab[_CLIP_EOS] = len(vocab)
-    backend = Tokenizer(
-        BPE(
-            vocab=vocab,
-            merges=[],
-            dropout=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="</w>",
-            fuse_unk=False,
-            unk_token=_CLIP_EOS,
-        )
-    )
-    backend.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    # CLIPTokenizer installs its RobertaProcessing post-processor (bos ... eos) itself.
-    return CLIPTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=_CLIP_BOS,
-        eos_token=_CLIP_EOS,
-        unk_token=_CLIP_EOS,
-        pad_token=_CLIP_EOS,
-        model_max_length=model_max_length,
-    )
-
-
-def build_tiny_t5_tokenizer(model_max_length: int = T5_MAX_LENGTH) -> T5TokenizerFast:
-    """T5 tokenizer: Unigram over ``<pad>, </s>, <unk>, ▁`` + the 256 byte-level characters (260 ids)."""
-    pieces = [(_T5_PAD, 0.0), (_T5_EOS, 0.0), (_T5_UNK, 0.0), (_T5_SPACE, -1.0)]
-    pieces += [(ch, -2.0) for ch in _byte_level_alphabet()]
-    backend = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
-    # Same pre-tokeniser/decoder as transformers' T5Tokenizer (it rebuilds exactly this on reload).
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Metaspace(replacement=_T5_SPACE, prepend_scheme="always", split=True),
-        ]
-    )
-    backend.decoder = decoders.Metaspace(replacement=_T5_SPACE, prepend_scheme="always", split=True)
-    # T5Tokenizer installs its "$A </s>" post-processor itself.
-    return T5TokenizerFast(
-        tokenizer_object=backend,
-        eos_token=_T5_EOS,
-        unk_token=_T5_UNK,
-        pad_token=_T5_PAD,
-        extra_ids=0,
-        model_max_length=model_max_length,
-    )
 
 
 # ------------------------------------------------------------------------------------------ text encoders

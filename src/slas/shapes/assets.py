@@ -1,0 +1,46 @@
+"""Where the shapes world's trained weights live (shipped inside the package) and how to load them.
+
+``assets_dir()/t2i`` is a diffusers ``FluxPipeline`` directory, ``clip`` a transformers ``CLIPModel``
+directory (the "CLIP score" proxy), ``preference`` an open_clip ``local-dir:`` model (the "HPS" proxy),
+``pretrain.json`` what the pretraining script measured. ``SLAS_SHAPES_ASSETS`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+T2I = "t2i"
+CLIP = "clip"
+PREFERENCE = "preference"
+PREFERENCE_WEIGHTS = "open_clip_model.safetensors"
+PRETRAIN_COMMAND = "python -m slas.shapes.pretrain"
+
+
+def assets_dir() -> Path:
+    """The assets directory: ``$SLAS_SHAPES_ASSETS`` or the one inside the installed package."""
+    env = os.environ.get("SLAS_SHAPES_ASSETS")
+    return Path(env) if env else Path(__file__).resolve().parent / "assets"
+
+
+def check_assets(root: str | Path | None = None) -> Path:
+    """``root`` (default :func:`assets_dir`) if it holds all three models; else one line saying how to make them."""
+    root = Path(root) if root is not None else assets_dir()
+    need = [root / T2I / "model_index.json", root / CLIP / "config.json", root / PREFERENCE / PREFERENCE_WEIGHTS]
+    missing = [str(p.relative_to(root)) for p in need if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"shapes-world assets missing in {root}: {', '.join(missing)}; make them with: {PRETRAIN_COMMAND} --out {root}"
+        )
+    return root
+
+
+def reward_components(root: str | Path | None = None) -> list[dict]:
+    """The demo's reward: the two proxies through the real ``hpsv21`` and ``clip`` reward classes."""
+    root = Path(root) if root is not None else assets_dir()
+    return [
+        {"name": "hpsv21", "weight": 1.0, "options": {
+            "checkpoint": str(root / PREFERENCE / PREFERENCE_WEIGHTS), "model_name": f"local-dir:{root / PREFERENCE}",
+        }},
+        {"name": "clip", "weight": 1.0, "options": {"backend": "transformers", "model": str(root / CLIP)}},
+    ]
