@@ -26,6 +26,9 @@ test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
+demo: setup
+	$(BIN)/slas demo
+
 lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests

@@ -28,11 +28,23 @@ def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny_flux"))
 
 
+@pytest.fixture(scope="session")
+def session_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow SQLite store for the session: training tests track for real without each paying for a
+    fresh store's schema migrations (seconds apiece). Tests that inspect MLflow use a store of their own."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_job_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs recorded by `slas train` go to a per-test SQLite store, never to ./.slas of the checkout."""
+def _isolated_job_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, session_mlflow_uri: str
+) -> None:
+    """Runs recorded by `slas train` go to a per-test SQLite store, never to ./.slas of the checkout, and
+    are tracked in the session's MLflow store."""
     monkeypatch.setenv("SLAS_HOME", str(tmp_path_factory.mktemp("slas_home")))
     monkeypatch.delenv("SLAS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", session_mlflow_uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(scope="session")

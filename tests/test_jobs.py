@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -25,7 +26,7 @@ from slas.cli import app
 from slas.config import load_config
 from slas.platform.db import open_store
 from slas.platform.jobs import JobError, KubernetesBackend, pid_alive
-from slas.platform.tracking import read_metrics
+from slas.platform.tracking import default_tracking_uri, read_metrics
 from slas.rewards import register
 from slas.rewards.registry import unregister
 from slas.rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints
@@ -242,6 +243,9 @@ def test_submit_logs_and_cancel_a_detached_job(store_url, workdir, monkeypatch):
         until(lambda: (run_dir / "metrics.jsonl").is_file() and read_metrics(run_dir / "metrics.jsonl"),
               what="the first iteration")
         assert store.get_job(jid).status == "running"
+        # the job tracks to the MLflow store the submitter resolved, wherever the job runs
+        environ = dict(kv.split("=", 1) for kv in Path(f"/proc/{job.pid}/environ").read_text().split("\0") if "=" in kv)
+        assert environ["MLFLOW_TRACKING_URI"] == default_tracking_uri()
         r = slas("jobs", "list")
         assert re.search(rf"^{jid}\s+running\s+local\s+tiny\s", r.stdout, re.M), r.stdout
         r = slas("jobs", "cancel", str(jid), "--wait")
@@ -253,6 +257,8 @@ def test_submit_logs_and_cancel_a_detached_job(store_url, workdir, monkeypatch):
         assert latest_checkpoint(run_dir / "checkpoints").name == f"iter_{stopped_at:06d}"
         assert [c.iteration for c in store.list_checkpoints(jid)] == [stopped_at]
         assert [(a.status, a.exit_code) for a in store.list_attempts(jid)] == [("cancelled", EXIT_CANCELLED)]
+        run = MlflowClient(default_tracking_uri()).get_run(job.mlflow_run_id)
+        assert run.info.status == "KILLED" and run.data.params["run.name"] == "tiny"
         r = slas("jobs", "logs", str(jid), "-f")  # follows until the end, which has already come
         assert r.exit_code == 0 and "SIGTERM: stopping after this iteration" in r.stdout
         assert f"job {jid}: cancelled at iteration {stopped_at}" in r.stdout

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from slas.platform.tracking import (
+    SCORE_TAG,
     JsonlTracker,
     MLflowTracker,
     TeeTracker,
@@ -161,6 +162,47 @@ def test_make_tracker_tees_jsonl_and_mlflow(tmp_path: Path, monkeypatch: pytest.
     offline = make_tracker(tmp_path / "run2", params={"a": 1}, run_name="off")
     assert [type(t) for t in offline.trackers] == [JsonlTracker] and offline.run_id is None
     offline.close()
+
+
+def test_best_alias_follows_the_highest_score(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MLflowTracker(tmp_path / "run", tracking_uri=uri, run_name="scored")
+    versions = {}
+    for i, score in enumerate((0.5, 0.3, 0.9, None, float("nan"))):
+        versions[score] = tracker.register_model("scored", _checkpoint(tmp_path / "run", f"iter_{i:06d}"), score=score)
+        best = MlflowClient(uri).get_model_version_by_alias("scored", "best")
+        assert int(best.version) == (1 if i < 2 else 3), (i, score)
+    tracker.close()
+    client = MlflowClient(uri)
+    assert client.get_model_version("scored", "2").tags[SCORE_TAG] == "0.3"
+    assert SCORE_TAG not in client.get_model_version("scored", "4").tags  # no score: never the best by score
+    assert int(client.get_model_version_by_alias("scored", "latest").version) == 5
+
+
+_START_RUN = """
+import sys
+from slas.platform.tracking import MLflowTracker
+tracker = MLflowTracker(sys.argv[1], tracking_uri=sys.argv[2], run_name=sys.argv[3])
+tracker.log_metrics({"loss": 1.0}, 1)
+tracker.close()
+print(tracker.run_id)
+"""
+
+
+def test_runs_starting_together_on_a_fresh_sqlite_store_do_not_race(tmp_path: Path) -> None:
+    """MLflow creates a SQLite store's tables on first use, unlocked; jobs submitted together must not collide."""
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _START_RUN, str(tmp_path / f"run{i}"), uri, f"r{i}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for i in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    client = MlflowClient(uri)
+    for out, _ in outs:
+        assert client.get_run(out.strip()).info.status == "FINISHED"
 
 
 # ------------------------------------------------------------------ (c) a real server that goes away

@@ -56,6 +56,53 @@ def train(
     typer.echo(f"{job}done: {trainer.iteration} iterations; metrics and checkpoints in {cfg.run_dir}")
 
 
+@app.command()
+def sample(
+    checkpoints: Annotated[
+        str, typer.Option("--checkpoints", help="comma-separated checkpoint dirs (runs/NAME/checkpoints/iter_N), run dirs (newest checkpoint) or `base`")
+    ],
+    prompts: Annotated[Path, typer.Option("--prompts", help="prompt file (.txt, .jsonl or .csv)")],
+    seeds: Annotated[str, typer.Option("--seeds", help="seeds: 0,1,2 or ranges such as 0-7")] = "0",
+    config: Annotated[
+        Path | None, typer.Option("--config", help="run config for every checkpoint (default: each checkpoint's own run config)")
+    ] = None,
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="name of the sample set (default: the checkpoint labels)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per pipeline call")] = 8,
+    reward: Annotated[
+        str | None, typer.Option("--reward", help="also score each image: YAML (run config or reward section) or name[:weight],...")
+    ] = None,
+    field: Annotated[str | None, typer.Option("--field", help="the prompt field of a .jsonl/.csv prompt file")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="image folder (default: $SLAS_HOME/samples/<set id>)")] = None,
+) -> None:
+    """Render a comparison set: every checkpoint x prompt x seed, paired by seed, into the job store.
+
+    Each checkpoint samples with the pipeline's deterministic sampler from the same per-seed noise, so
+    images differ only by the weights. Prints the sample set id (the review UI's input).
+    """
+    from slas.platform.db import StoreError
+    from slas.platform.sampling import SamplingError, plan_sample_set, render_sample_set
+
+    try:
+        plan = plan_sample_set(checkpoints, prompts, seeds, config=config, overrides=set_ or [], prompt_field=field,
+                               batch_size=batch_size, reward=reward, name=name)
+    except (ConfigError, PreflightError, SamplingError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+    from slas.platform.db import open_store
+
+    try:
+        with open_store() as store:
+            set_id = render_sample_set(plan, store, out=out)
+            root = store.get_sample_set(set_id).meta.get("out_dir")
+    except StoreError as exc:
+        _fail(str(exc))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # e.g. weights that do not fit the config
+        text = str(exc).strip().splitlines()
+        _fail(f"sampling failed: {type(exc).__name__}: {text[0] if text else ''}")
+    typer.echo(f"sample set {set_id}: {plan.num_images} images ({len(plan.checkpoints)} checkpoints x "
+               f"{len(plan.prompts)} prompts x {len(plan.seeds)} seeds) in {root}")
+
+
 @app.command("config")
 def show_config(config: Annotated[Path, typer.Argument(help="YAML run config")], set_: SetOpt = None) -> None:
     """Validate a config (with overrides) and print it fully resolved, presets applied."""
@@ -117,3 +164,40 @@ def bench_overhead(
 
     report = run_overhead_bench(iterations=iterations, threads=threads)
     typer.echo(report.format())
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option(help="the 3-minute version: fewer iterations, prompts and eval images")] = False,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="run seed (same for both methods)")] = 0,
+) -> None:
+    """DanceGRPO vs SLAS on the shipped shapes-world model: proxy reward vs the ground-truth judge.
+
+    Writes report.md, report.json, curves.png and sample grids to OUT; both runs are store jobs.
+    """
+    from slas.shapes.demo import run_demo
+
+    try:
+        run_demo(out, quick=quick, seed=seed)
+    except (ConfigError, PreflightError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@bench_app.command("hacking")
+def bench_hacking(
+    seeds: Annotated[int, typer.Option(help="seeds per variant (>= 3 for the committed table)")] = 3,
+    out: Annotated[Path, typer.Option(help="folder for the runs and results.json")] = Path("runs/bench_hacking"),
+    results: Annotated[Path, typer.Option(help="markdown table to write")] = Path("benchmarks/results/hacking.md"),
+    device: Annotated[str, typer.Option(help="torch device of the policy and rewards")] = "cpu",
+    jobs: Annotated[int, typer.Option(help="runs in parallel (processes)")] = 1,
+    quick: Annotated[bool, typer.Option(help="a seconds-long smoke version (tiny plan)")] = False,
+    variant: Annotated[list[str] | None, typer.Option(help="only these variants (repeatable)")] = None,
+) -> None:
+    """DanceGRPO, prompt-mean only, batch std p=1 and SLAS p in {1.5, 2, 3} (both readings) over seeds."""
+    from slas.bench.hacking import run_hacking
+
+    try:
+        run_hacking(seeds, out=out, results_md=results, device=device, jobs=jobs, quick=quick, variants=variant)
+    except (ValueError, FileNotFoundError, PreflightError) as exc:
+        _fail(str(exc))

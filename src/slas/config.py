@@ -125,6 +125,9 @@ class RunConfig(_Strict):
     seed: int = 0
     iterations: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1)
+    log_images_every: int | None = Field(
+        None, ge=0, description="log a grid of the rollout's images every N iterations (None: checkpoint_every; 0: never)"
+    )
     progress: bool = True
 
 

@@ -5,10 +5,13 @@ as a job: recorded in the job store, stopped gracefully by SIGTERM, its checkpoi
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +23,11 @@ import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
 from slas.config import SLASConfig, flatten
-from slas.platform.tracking import JsonlTracker
+from slas.platform.tracking import MLflowTracker, TrackingError, make_tracker, read_metrics
 from slas.preflight import preflight
 from slas.rewards import build
 from slas.rl import distributed
-from slas.rl.checkpoint import list_checkpoints
+from slas.rl.checkpoint import latest_checkpoint, list_checkpoints
 from slas.rl.trainer import Trainer
 from slas.t2i.flux import FluxPolicy
 from slas.t2i.prompts import PromptSampler, load_prompts
@@ -34,10 +37,21 @@ if TYPE_CHECKING:
     from slas.platform.db import Store
 
 POLICIES = {"sd": SDPolicy, "flux": FluxPolicy}
+SCORE_METRIC = "reward/total/mean"  # what decides which registered model version is "best"
+# what a run leaves in its run dir; a fresh (not resumed) run in a used dir moves them aside first
+_RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "params.json", "images", "artifacts",
+                MLflowTracker.STATE_NAME, MLflowTracker.BUFFER_NAME, "mlflow_buffer")
 
 
-def build_trainer(config: SLASConfig, *, resume: bool = False) -> Trainer:
-    """Check everything the run needs, then load models (the heavy part) and wire the trainer."""
+def build_trainer(config: SLASConfig, *, resume: bool = False, mlflow_run_id: str | None = None) -> Trainer:
+    """Check everything the run needs, then load models (the heavy part) and wire the trainer.
+
+    Rank 0 tracks the run in ``metrics.jsonl`` and MLflow (:func:`slas.platform.tracking.make_tracker`;
+    ``SLAS_MLFLOW=0`` turns MLflow off). A resume continues the same MLflow run: ``mlflow_run_id`` (the
+    job store's) or the one remembered in the run dir. A fresh run in a used run dir starts over: the
+    earlier run's outputs move to ``<run dir>/previous/<time>/`` so neither its checkpoints nor its
+    logged steps are mistaken for this run's.
+    """
     rank, _ = distributed.init_from_env()
     preflight(config)
     prompts = PromptSampler(load_prompts(config.data.prompts, config.data.field), shuffle=config.data.shuffle, seed=config.run.seed)
@@ -49,13 +63,64 @@ def build_trainer(config: SLASConfig, *, resume: bool = False) -> Trainer:
     if rank == 0:  # one writer per run
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _move_previous_run(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        tracker = JsonlTracker(run_dir)
-        tracker.log_params(flatten(config))
+        tracker = _run_tracker(config, mlflow_run_id if resume else None)
     trainer = Trainer(config, policy, reward, prompts, tracker)
     if resume:
-        trainer.load_checkpoint()
+        try:
+            trainer.load_checkpoint()
+        except BaseException:
+            _close_tracker(tracker, "FAILED")  # the caller never gets this trainer to close
+            raise
     return trainer
+
+
+def _run_tracker(config: SLASConfig, run_id: str | None) -> Any:
+    params = flatten(config)
+    try:
+        return make_tracker(config.run_dir, params=params, run_name=config.run.name, run_id=run_id)
+    except TrackingError as exc:  # the job's run is not in this tracking store (MLFLOW_TRACKING_URI changed)
+        warnings.warn(f"{exc}; continuing in a new MLflow run", RuntimeWarning, stacklevel=3)
+        return make_tracker(config.run_dir, params=params, run_name=config.run.name)
+
+
+def _move_previous_run(run_dir: Path) -> Path | None:
+    """Move an earlier run's outputs out of the way of a fresh run in the same dir (nothing is deleted)."""
+    found = [run_dir / name for name in _RUN_OUTPUTS if (run_dir / name).exists()]
+    if not found:
+        return None
+    dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    while dest.exists():
+        dest = dest.with_name(dest.name + "_")
+    dest.mkdir(parents=True)
+    for path in found:
+        shutil.move(str(path), str(dest / path.name))
+    print(f"{run_dir} held an earlier run: moved its outputs to {dest} (train with --resume to continue a run)",
+          file=sys.stderr, flush=True)
+    return dest
+
+
+def register_final_checkpoint(trainer: Trainer) -> int | None:
+    """Upload the run's final checkpoint (MLflow artifacts ``checkpoints/<name>``) and register it as a new
+    version of the model named after the run.
+
+    Its score is the run's ``reward/total/mean`` at the checkpoint's iteration (the mean reward of that
+    iteration's rollouts). The ``best`` alias moves to the new version when that score beats the one of the
+    version ``best`` points at (or none has it); ``models:/NAME@latest`` is always the newest version.
+    Returns the version, or ``None`` without MLflow (or while its store is away: registered on replay).
+    """
+    register = getattr(trainer.tracker, "register_model", None)
+    ckpt = latest_checkpoint(trainer.ckpt_dir)
+    if register is None or ckpt is None:
+        return None
+    iteration = int(ckpt.name.removeprefix("iter_"))
+    score = next((r.get(SCORE_METRIC) for r in read_metrics(trainer.run_dir / "metrics.jsonl")
+                  if r.get("step") == iteration), None)
+    score = float(score) if isinstance(score, int | float) and math.isfinite(score) else None
+    tags = {"slas.iteration": str(iteration), "slas.score_metric": SCORE_METRIC}
+    return register(trainer.config.run.name, ckpt, tags=tags, score=score)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -175,9 +240,23 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
         except SQLAlchemyError as exc:  # the store is bookkeeping: never lose a training run to it
             warnings.warn(f"job store: could not record {what}: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
 
+    recorded_run_id: list[str] = []
+
+    def record_run_id() -> None:  # an MLflow tracker's run, kept for resumes (again if it changed)
+        run_id = getattr(trainer and trainer.tracker, "run_id", None)
+        if isinstance(run_id, str) and run_id not in recorded_run_id:
+            record("the MLflow run id", "set_mlflow_run_id", job_id, run_id)
+            recorded_run_id.append(run_id)
+
+    mlflow_run_id = None
+    if store is not None and resume:
+        try:
+            mlflow_run_id = store.get_job(job_id).mlflow_run_id
+        except SQLAlchemyError as exc:
+            warnings.warn(f"job store: could not read the MLflow run id: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
     trainer = None
     try:
-        trainer = build_trainer(config, resume=resume)
+        trainer = build_trainer(config, resume=resume, mlflow_run_id=mlflow_run_id)
         trainer.should_stop = stop.is_set
         if store is not None:
             trainer.on_checkpoint = lambda path, it: record("a checkpoint", "add_checkpoint", job_id, it, path.resolve())
@@ -186,23 +265,31 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
                 # a process killed between publishing a checkpoint and recording it left it unrecorded
                 found = [(int(p.name.removeprefix("iter_")), p.resolve()) for p in list_checkpoints(trainer.ckpt_dir)]
                 record("earlier checkpoints", "sync_checkpoints", job_id, found)
-            run_id = getattr(trainer.tracker, "run_id", None)  # an MLflow tracker's run, kept for resumes
-            if isinstance(run_id, str):
-                record("the MLflow run id", "set_mlflow_run_id", job_id, run_id)
+            record_run_id()
         if configure is not None:
             configure(trainer)
+        start = trainer.iteration
         trainer.train()
+        if not trainer.stopped and trainer.iteration > start and trainer.rank == 0:
+            try:
+                register_final_checkpoint(trainer)
+            except Exception as exc:  # the weights are safe on disk; tracking never fails a finished run
+                warnings.warn(f"tracker: could not register the final checkpoint: {_one_line(exc)}",
+                              RuntimeWarning, stacklevel=2)
     except (KeyboardInterrupt, _Terminated) as exc:
         ctrl_c = isinstance(exc, KeyboardInterrupt)
         reason = "interrupted (Ctrl-C)" if ctrl_c else "terminated (second SIGTERM)"
         record("the end state", "finish_job", job_id, "cancelled", error=reason, exit_code=130 if ctrl_c else EXIT_CANCELLED)
         _close_tracker(trainer and trainer.tracker, "KILLED")
+        record_run_id()
         raise
     except BaseException as exc:
         record("the end state", "finish_job", job_id, "failed", error=_one_line(exc), exit_code=1)
         _close_tracker(trainer and trainer.tracker, "FAILED")
+        record_run_id()
         raise
     _close_tracker(trainer.tracker, "KILLED" if trainer.stopped else "FINISHED")
+    record_run_id()  # a store that was away at the start may have given the run its id since
     status = "cancelled" if trainer.stopped else "completed"
     code = EXIT_CANCELLED if trainer.stopped else 0
     error = f"cancelled at iteration {trainer.iteration} (checkpoint written)" if trainer.stopped else None

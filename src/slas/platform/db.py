@@ -540,6 +540,15 @@ class Store:
             s.add_all(rows)
         return rows
 
+    def update_sample_set_meta(self, sample_set_id: int, **meta: Any) -> SampleSet:
+        """Merge keys into a sample set's ``meta`` (e.g. ``status="complete"`` once every image is in)."""
+        with self._write() as s:
+            row = s.get(SampleSet, sample_set_id)
+            if row is None:
+                raise StoreError(f"no sample set with id {sample_set_id}")
+            row.meta = {**(row.meta or {}), **meta}  # a new dict: JSON columns do not track in-place edits
+        return row
+
     def get_sample_set(self, sample_set_id: int) -> SampleSet:
         with self._read() as s:
             row = s.get(SampleSet, sample_set_id)

@@ -23,6 +23,7 @@ import yaml
 
 from slas.config import SLASConfig, config_from_dict, load_config
 from slas.platform.db import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobNotFound, Store, StoreError, hostname
+from slas.platform.tracking import default_tracking_uri
 from slas.rl.checkpoint import latest_checkpoint
 
 JOB_CONFIG = "job.yaml"
@@ -95,7 +96,9 @@ class LocalBackend:
         cmd = [sys.executable, "-m", "slas", "train", str(config_path), "--job-id", str(job.id)]
         if resume:
             cmd.append("--resume")
-        env = {**os.environ, "SLAS_DATABASE_URL": store_url, "PYTHONUNBUFFERED": "1"}
+        # the tracking store is resolved here, so a job started from another folder logs to the same one
+        env = {**os.environ, "SLAS_DATABASE_URL": store_url, "MLFLOW_TRACKING_URI": default_tracking_uri(),
+               "PYTHONUNBUFFERED": "1"}
         log_path = Path(job.log_path or Path(job.run_dir) / JOB_LOG)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:

@@ -92,6 +92,8 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_KEY_LENGTH = 250
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+SCORE_TAG = "slas.score"  # model-version tag compared to decide which version gets the ``best`` alias
+_IMAGE_FILE = re.compile(r"^(.+?)[+%]step[+%](\d+)[+%]timestamp[+%]")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
 _HTTP_ENV = (
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
@@ -289,6 +291,7 @@ class MLflowTracker:
         self._run_id: str | None = run_id or (state.get("run_id") if same_store else None)
         reuse_steps = same_store and state.get("run_id") == self._run_id
         self._last_step: dict[str, int] = dict(state.get("last_step", {})) if reuse_steps else {}
+        self._last_image: dict[str, int] = dict(state.get("last_image_step", {})) if reuse_steps else {}
         self._server_last: dict[str, int] = {}  # steps the store already held when we attached
         self._server_params: dict[str, str] = {}
         self._logged_artifacts: dict[str, str] = {}
@@ -299,10 +302,11 @@ class MLflowTracker:
         self._constructing = True
         self._buffered = self._count_buffered()
         self._closed = self._closing = False
-        self._client: MlflowClient = MlflowClient(
-            tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
-        )
-        self._online(force=True)  # create or reopen the run now, so run_id is known when the store is up
+        with _sqlite_init_lock(self.tracking_uri):
+            self._client: MlflowClient = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
+            self._online(force=True)  # create or reopen the run now, so run_id is known when the store is up
         self._constructing = False
 
     # ------------------------------------------------------------------ public API
@@ -341,10 +345,19 @@ class MLflowTracker:
         self._write_state()
 
     def log_image(self, image: Any, key: str, step: int) -> None:
-        """Log a sample grid (PIL image, array or tensor) as MLflow's step image ``key`` at ``step``."""
+        """Log a sample grid (PIL image, array or tensor) as MLflow's step image ``key`` at ``step``.
+
+        Like metrics, an image for a step this run dir already logged (a resumed trainer repeating
+        iterations) is skipped.
+        """
         clean = re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key)
-        record = {"kind": "image", "key": clean, "step": int(step), "timestamp": _now_ms()}
+        step = int(step)
+        if step <= self._last_image.get(clean, -1):
+            return
+        record = {"kind": "image", "key": clean, "step": step, "timestamp": _now_ms()}
         self._submit(record, image=_to_pil(image))
+        self._last_image[clean] = step
+        self._write_state()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> str:
         """Upload a file or folder; a folder (a checkpoint) goes to ``checkpoints/<name>`` by default.
@@ -368,22 +381,31 @@ class MLflowTracker:
         aliases: Sequence[str] = ("latest",),
         best: bool = False,
         tags: Mapping[str, str] | None = None,
+        score: float | None = None,
     ) -> int | None:
         """Register ``path`` (a checkpoint, uploaded now unless already logged) as a new version of ``name``.
 
         ``aliases`` are pointed at the new version, plus ``best`` when asked. ``latest`` is reserved by
         MLflow and always resolves to the newest version (``models:/NAME@latest``), which this one is, so it
-        needs no alias. Returns the version number, or ``None`` while the store is away (registered later).
+        needs no alias. ``score`` (higher is better, kept as the version tag ``slas.score``) moves ``best``
+        to this version when it beats the score of the version ``best`` points at, or no version has it;
+        the comparison happens when the version is created, so a registration replayed after an outage
+        compares against the registry as it is then. Returns the version number, or ``None`` while the
+        store is away (registered later).
         """
         src = Path(path).resolve()
         artifact_path = self._logged_artifacts.get(str(src)) or self.log_artifact(src)
         wanted = [a for a in aliases if a.lower() != "latest"] + (["best"] if best else [])
+        tag_values = {k: str(v) for k, v in (tags or {}).items()}
+        if score is not None and math.isfinite(float(score)):
+            tag_values[SCORE_TAG] = repr(float(score))
         record = {
             "kind": "model",
             "name": name,
             "artifact_path": artifact_path,
             "aliases": list(dict.fromkeys(wanted)),
-            "tags": {k: str(v) for k, v in (tags or {}).items()},
+            "tags": tag_values,
+            "score": float(score) if score is not None and math.isfinite(float(score)) else None,
         }
         return self._submit(record)
 
@@ -515,7 +537,7 @@ class MLflowTracker:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-                self._run_id, self._last_step = None, {}
+                self._run_id, self._last_step, self._last_image = None, {}, {}
             else:
                 self._server_params = dict(run.data.params)
                 for key in run.data.metrics:
@@ -524,6 +546,9 @@ class MLflowTracker:
                         self._server_last[key] = max(m.step for m in history)
                 for key, step in self._server_last.items():
                     self._last_step[key] = max(step, self._last_step.get(key, -1))
+                if run.data.tags.get("mlflow.loggedImages"):
+                    for key, step in self._server_image_steps().items():
+                        self._last_image[key] = max(step, self._last_image.get(key, -1))
                 if run.info.status != "RUNNING":
                     client.update_run(self._run_id, status="RUNNING")
         if self._run_id is None:
@@ -531,6 +556,17 @@ class MLflowTracker:
             self._run_id = run.info.run_id
         self._attached = True
         self._write_state()
+
+    def _server_image_steps(self) -> dict[str, int]:
+        """The last step of each step image the run holds, read from MLflow's file names
+        (``images/<key with / as ~>+step+<N>+timestamp+...``; older MLflow used ``%``)."""
+        last: dict[str, int] = {}
+        for item in self._client.list_artifacts(self._run_id, "images"):
+            m = _IMAGE_FILE.match(Path(item.path).name)
+            if m:
+                key = m.group(1).replace("~", "/").replace("#", "/")
+                last[key] = max(int(m.group(2)), last.get(key, -1))
+        return last
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -620,12 +656,32 @@ class MLflowTracker:
                 if _is_outage(again):
                     raise
         source = f"runs:/{self._run_id}/{record['artifact_path']}"
+        aliases = list(record["aliases"])
+        score = record.get("score")
+        if score is not None and "best" not in aliases and self._beats_best(name, float(score)):
+            aliases.append("best")
         version = client.create_model_version(
             name, source, run_id=self._run_id, tags=record["tags"] or None, await_creation_for=0
         )
-        for alias in record["aliases"]:
+        for alias in aliases:
             client.set_registered_model_alias(name, alias, version.version)
         return int(version.version)
+
+    def _beats_best(self, name: str, score: float) -> bool:
+        """True when no version of ``name`` has the ``best`` alias, or its ``slas.score`` is lower (or absent)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            current = self._client.get_model_version_by_alias(name, "best")
+        except MlflowException as exc:
+            if _is_outage(exc):
+                raise
+            return True  # no version has the alias yet
+        old = (current.tags or {}).get(SCORE_TAG)
+        try:
+            return old is None or not score <= float(old)  # a NaN or unreadable old score loses too
+        except ValueError:
+            return True
 
     # ------------------------------------------------------------------ the on-disk buffer and state
     def _append(self, record: dict[str, Any], image: Any) -> None:
@@ -700,10 +756,30 @@ class MLflowTracker:
             "experiment": self.experiment,
             "run_id": self._run_id,
             "last_step": self._last_step,
+            "last_image_step": self._last_image,
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
         os.replace(tmp, self.state_path)
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise first contact with a local SQLite store: MLflow creates its tables on first use without a
+    lock, so two jobs starting at once on a fresh store would race to create them."""
+    if not tracking_uri.startswith("sqlite:///") or os.name == "nt":
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _now_ms() -> int:
@@ -759,9 +835,16 @@ class TeeTracker:
         self._fan("log_image", image, key=key, step=step)
 
     def register_model(
-        self, name: str, path: str | Path, aliases: Sequence[str] = ("latest",), best: bool = False
+        self,
+        name: str,
+        path: str | Path,
+        aliases: Sequence[str] = ("latest",),
+        best: bool = False,
+        tags: Mapping[str, str] | None = None,
+        score: float | None = None,
     ) -> int | None:
-        return self._fan("register_model", name, path, aliases=aliases, best=best)
+        """See :meth:`MLflowTracker.register_model`; ``None`` when no child registers models."""
+        return self._fan("register_model", name, path, aliases=aliases, best=best, tags=tags, score=score)
 
     def close(self, status: str = "FINISHED") -> None:
         self._fan("close", status=status)

@@ -43,6 +43,32 @@ def trained_steps(num_steps: int, fraction: float, num_samples: int, selection: 
     return torch.stack([torch.randperm(candidates, generator=generator)[:k] for _ in range(num_samples)])
 
 
+def rollout_grid(
+    images: Tensor, group_ids: Tensor, *, max_groups: int = 4, max_per_group: int = 8, tile: int = 256, pad: int = 2
+) -> Tensor:
+    """A [3, H, W] CPU grid in [0, 1] of a rollout: one row per group (prompt), so a row shows what one
+    prompt's group looked like, which is what advantages compare. Tiles are downscaled to at most ``tile`` px
+    and the grid is capped, so logging it costs little even at 1024 px with large groups.
+    """
+    rows = []
+    for g in torch.unique(group_ids.cpu(), sorted=True)[:max_groups]:
+        idx = (group_ids.cpu() == g).nonzero().flatten()[:max_per_group]
+        rows.append(images[idx.to(images.device)].detach().float())
+    cols = max(len(r) for r in rows)
+    h, w = rows[0].shape[-2:]
+    scale = min(1.0, tile / max(h, w))
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    grid = torch.ones(3, len(rows) * (th + pad) + pad, cols * (tw + pad) + pad)
+    for r, row in enumerate(rows):
+        if (th, tw) != (h, w):
+            row = torch.nn.functional.interpolate(row, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
+        row = row.clamp(0, 1).cpu()
+        for c, img in enumerate(row):
+            y, x = pad + r * (th + pad), pad + c * (tw + pad)
+            grid[:, y : y + th, x : x + tw] = img[:3] if img.shape[0] >= 3 else img.expand(3, -1, -1)
+    return grid
+
+
 def _stats(values: Tensor) -> tuple[float, float]:
     v = values[torch.isfinite(values)].double()
     if v.numel() == 0:
@@ -85,6 +111,8 @@ class Trainer:
         self.stopped = False
         self.resumed_from: Path | None = None
         self._saved_iteration = 0
+        self._until: int | None = None  # the iteration train() runs to (the last one also logs a sample grid)
+        self._grid: Tensor | None = None  # this iteration's sample grid, logged with its metrics
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -134,6 +162,8 @@ class Trainer:
         with self._timed("train"):
             metrics.update(self._update(rollout, adv))
         self.iteration += 1
+        if self._images_due():
+            self._grid = rollout_grid(rollout.images, rollout.group_ids)
         elapsed = time.perf_counter() - start
         metrics["time/iteration"] = elapsed
         metrics["images_per_sec"] = len(rollout.prompts) * self.world / elapsed
@@ -200,6 +230,17 @@ class Trainer:
         out["optimizer_steps"] = float(len(groups))
         return distributed.mean_over_ranks(out)  # with several ranks: the mean of each rank's figure
 
+    def _images_due(self) -> bool:
+        """Rank 0 makes a sample grid every ``run.log_images_every`` iterations (default: at checkpoints) and
+        at the last one, when its tracker can log images."""
+        if self.rank != 0 or not callable(getattr(self.tracker, "log_image", None)):
+            return False
+        run = self.config.run
+        every = run.checkpoint_every if run.log_images_every is None else run.log_images_every
+        if every == 0:
+            return False
+        return self.iteration % every == 0 or self.iteration == self._until
+
     # ------------------------------------------------------------------ the loop
     def _stop_requested(self) -> bool:
         """``should_stop()`` on any rank stops every rank at the same iteration boundary."""
@@ -213,11 +254,15 @@ class Trainer:
     def train(self, iterations: int | None = None) -> list[dict[str, float]]:
         """Train until ``iterations`` (default ``run.iterations``) are done; checkpoint every N and at the end.
 
+        Each iteration's metrics go to the tracker at ``step = iteration``; so does a grid of the rollout's
+        images (``samples/rollout``) every ``run.log_images_every`` iterations and at the last one.
+
         When ``should_stop()`` turns true the current iteration finishes, a checkpoint is written and
         ``stopped`` is set, so a cancelled run resumes exactly where it stopped.
         """
         cfg = self.config.run
         until = iterations if iterations is not None else cfg.iterations
+        self._until = until
         history = []
         bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=not cfg.progress or self.rank > 0, unit="it")
         try:
@@ -232,6 +277,9 @@ class Trainer:
                     metrics.update(self.after_step(self, metrics) or {})
                 if self.tracker is not None:
                     self.tracker.log_metrics(metrics, step=self.iteration)
+                if self._grid is not None:
+                    grid, self._grid = self._grid, None
+                    self.tracker.log_image(grid, "samples/rollout", step=self.iteration)
                 history.append(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}", s_it=f"{metrics['time/iteration']:.1f}")
@@ -239,6 +287,7 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            self._until = None
         return history
 
     # ------------------------------------------------------------------ checkpoints

@@ -38,21 +38,23 @@ METHODS: dict[str, dict[str, Any]] = {
 class DemoPlan:
     """The budget of one post-training run and its evaluation."""
 
-    iterations: int = 24
+    iterations: int = 32
     prompts_per_iter: int = 8
     group_size: int = 8
     num_steps: int = 8
-    eval_every: int = 6
+    eval_every: int = 8
     eval_images_per_prompt: int = 2
+    eval_prompts_per_tag: int = 0  # 0: every test prompt
     lr: float = 1e-4
+    eta: float = 0.7
 
 
 FULL = DemoPlan()
-QUICK = DemoPlan(iterations=6, prompts_per_iter=4, group_size=8, eval_every=3, eval_images_per_prompt=1)
+QUICK = DemoPlan(iterations=8, eval_every=4, eval_images_per_prompt=1, eval_prompts_per_tag=4)
 
 
 def demo_config(name: str, rl: dict[str, Any], plan: DemoPlan, *, out_dir: Path, seed: int = 0,
-                assets_root: Path | None = None) -> SLASConfig:
+                assets_root: Path | None = None, device: str = "cpu") -> SLASConfig:
     """The run config of one method: FLUX policy on the shipped model, proxies as the reward."""
     root = assets.check_assets(assets_root)
     prompts = out_dir / "train_prompts.txt"
@@ -61,10 +63,10 @@ def demo_config(name: str, rl: dict[str, Any], plan: DemoPlan, *, out_dir: Path,
     return config_from_dict({
         "run": {"name": name, "output_dir": str(out_dir), "seed": seed, "iterations": plan.iterations,
                 "checkpoint_every": plan.iterations, "progress": False},
-        "model": {"family": "flux", "path": str(root / assets.T2I), "dtype": "float32", "device": "cpu",
+        "model": {"family": "flux", "path": str(root / assets.T2I), "dtype": "float32", "device": device,
                   "finetune": "full"},
         "data": {"prompts": str(prompts), "shuffle": True},
-        "sample": {"resolution": IMAGE_SIZE, "num_steps": plan.num_steps, "eta": 0.7, "sde_kind": "dance",
+        "sample": {"resolution": IMAGE_SIZE, "num_steps": plan.num_steps, "eta": plan.eta, "sde_kind": "dance",
                    "group_size": plan.group_size, "prompts_per_iter": plan.prompts_per_iter,
                    "groups_per_call": plan.prompts_per_iter, "max_sequence_length": TEXT_MAX_LENGTH},
         "rl": rl,
@@ -78,7 +80,10 @@ class Evaluator:
     """Held-out scores of a pipeline: the judge (GenEval-style, per tag) and the proxy reward's mean."""
 
     def __init__(self, plan: DemoPlan, seed: int = 0) -> None:
-        self.records = metadata("test")
+        test = metadata("test")
+        if plan.eval_prompts_per_tag:
+            test = [r for tag in GENEVAL_TAGS for r in [x for x in test if x["tag"] == tag][: plan.eval_prompts_per_tag]]
+        self.records = test
         self.plan = plan
         self.seed = seed
 

@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,6 +73,7 @@ class PretrainConfig:
     eval_every: int = 1000
     eval_images_per_prompt: int = 1
     final_images_per_prompt: int = 4
+    eval_limit: int = 0  # evaluate on the first N test prompts only (0: all; for smoke tests)
     num_steps: int = 10
     stop_score: float = 0.55
     proxy_pairs: int = 2000
@@ -80,7 +81,7 @@ class PretrainConfig:
     proxy_batch: int = 256
     proxy_lr: float = 1e-3
     preference_pairs: int = 4000
-    vividness_bias: float = 2.0
+    vividness_bias: float = 4.0
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -260,7 +261,7 @@ def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], 
                                                 max_sequence_length=TEXT_MAX_LENGTH)
         fast, fast_pooled = _text_embeddings(pipe, clip_ids[:4], t5_ids[:4])
         assert torch.allclose(ref, fast, atol=1e-5) and torch.allclose(ref_pooled, fast_pooled, atol=1e-5)
-    test = metadata("test")
+    test = metadata("test")[: cfg.eval_limit or None]
     side = IMAGE_SIZE // pipe.vae_scale_factor
     img_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)
     history, t0, step = [], time.time(), 0
@@ -353,20 +354,16 @@ def train_proxy_clip(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
     model.to(device).train()
     images, prompts = _fixed_pairs(cfg.proxy_pairs, cfg.seed + 3)
     tokens = tokenizer(prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, return_tensors="pt").input_ids
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.proxy_lr, weight_decay=0.1)
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     t0 = time.time()
-    for step in range(1, cfg.proxy_steps + 1):
+
+    def loss() -> Tensor:
         idx = torch.randint(0, len(prompts), (cfg.proxy_batch,), generator=gen)
         img = model.get_image_features(pixel_values=_normalize_pixels(images[idx].to(device)))
         txt = model.get_text_features(input_ids=tokens[idx].to(device))
-        loss = _contrastive(_features(img), _features(txt), [prompts[i] for i in idx], model.logit_scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 500 == 0 or step == cfg.proxy_steps:
-            _log(f"clip proxy step {step}/{cfg.proxy_steps} loss {loss.item():.4f}")
-    model.cpu().eval()
+        return _contrastive(_features(img), _features(txt), [prompts[i] for i in idx], model.logit_scale)
+
+    _fit(model, loss, cfg, "clip proxy")
 
     def save(path: Path) -> None:
         model.save_pretrained(path)
@@ -377,36 +374,54 @@ def train_proxy_clip(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
     return {"steps": cfg.proxy_steps, "pairs": cfg.proxy_pairs, "seconds": time.time() - t0}
 
 
+def _fit(model: torch.nn.Module, loss: Callable[[], Tensor], cfg: PretrainConfig, name: str) -> None:
+    """AdamW on ``loss()`` (one fresh batch per call) for ``cfg.proxy_steps``; leaves ``model`` on the CPU."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.proxy_lr, weight_decay=0.1)
+    for step in range(1, cfg.proxy_steps + 1):
+        value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        if step % 500 == 0 or step == cfg.proxy_steps:
+            _log(f"{name} step {step}/{cfg.proxy_steps} loss {value.item():.4f}")
+    model.cpu().eval()
+
+
 def _features(x) -> Tensor:
     """transformers 5 returns a model output from ``get_*_features``; older versions a tensor."""
     return x if isinstance(x, Tensor) else x.pooler_output
 
 
 def _preference_pairs(n: int, seed: int, bias: float) -> tuple[Tensor, Tensor, list[str], Tensor, float]:
-    """(image A, image B, prompt, P[A preferred], share of pairs the wrong image won), labelled by a
-    biased simulated annotator.
+    """(image A, image B, prompt, P[A preferred], share of correct-vs-wrong pairs the wrong image won),
+    labelled by a biased simulated annotator.
 
-    One image of each pair is a correct scene, the other a scene with one attribute changed; both get
-    random saturation/contrast jitter. The annotator's utility is ``correct + bias * vividness +
-    noise``, so a clearly more vivid wrong image sometimes wins.
+    Half the pairs put a correct scene against one with an attribute changed, half two correct renders of
+    the prompt; every image gets random saturation/contrast jitter. The annotator's utility is
+    ``correct + bias * vividness + noise``: correctness matters most, but among acceptable images the
+    more vivid one wins, and a clearly more vivid wrong image sometimes beats a correct one.
     """
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    good, bad, prompts = [], [], []
+    good, other, prompts, other_ok = [], [], [], []
     for rec in _balanced_records(rng):
         if len(prompts) == n:
             break
+        ok = rng.random() < 0.5
         good.append(np.asarray(render_record(rec, rng)[0]))
-        bad.append(np.asarray(render_record(perturb(rec, rng), rng)[0]))
+        other.append(np.asarray(render_record(rec if ok else perturb(rec, rng), rng)[0]))
         prompts.append(rec["prompt"])
+        other_ok.append(ok)
     to_t = lambda xs: torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    good, bad = vivid_jitter(to_t(good), gen), vivid_jitter(to_t(bad), gen)
-    utility = 1.0 + bias * vividness(good) - bias * vividness(bad) + 0.3 * torch.randn(n, generator=gen)
-    swap = torch.rand(n, generator=gen) < 0.5  # randomise which side the correct image is on
-    a = torch.where(swap[:, None, None, None], bad, good)
-    b = torch.where(swap[:, None, None, None], good, bad)
+    good, other = vivid_jitter(to_t(good), gen), vivid_jitter(to_t(other), gen)
+    ok = torch.tensor(other_ok, dtype=torch.float32)
+    utility = (1.0 - ok) + bias * (vividness(good) - vividness(other)) + 0.2 * torch.randn(n, generator=gen)
+    swap = torch.rand(n, generator=gen) < 0.5  # randomise which side the first image is on
+    a = torch.where(swap[:, None, None, None], other, good)
+    b = torch.where(swap[:, None, None, None], good, other)
     p_a = torch.where(swap, utility < 0, utility > 0).float()
-    return a, b, prompts, p_a, float((utility < 0).float().mean())
+    wrong_won = float((utility[ok == 0] < 0).float().mean()) if (ok == 0).any() else 0.0
+    return a, b, prompts, p_a, wrong_won
 
 
 def train_preference(cfg: PretrainConfig, device: torch.device, out_dir: Path) -> dict:
@@ -419,14 +434,14 @@ def train_preference(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
     tokens = tokenizer(prompts)
     a, b, pref_prompts, p_a, wrong_won = _preference_pairs(cfg.preference_pairs, cfg.seed + 5, cfg.vividness_bias)
     pref_tokens = tokenizer(pref_prompts)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.proxy_lr, weight_decay=0.1)
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     t0 = time.time()
-    for step in range(1, cfg.proxy_steps + 1):
+
+    def loss() -> Tensor:
         idx = torch.randint(0, len(prompts), (cfg.proxy_batch,), generator=gen)
         img = model.encode_image(_normalize_pixels(images[idx].to(device)))
         txt = model.encode_text(tokens[idx].to(device))
-        loss = _contrastive(img, txt, [prompts[i] for i in idx], model.logit_scale)
+        contrastive = _contrastive(img, txt, [prompts[i] for i in idx], model.logit_scale)
         j = torch.randint(0, len(pref_prompts), (cfg.proxy_batch,), generator=gen)
         t = F.normalize(model.encode_text(pref_tokens[j].to(device)), dim=-1)
         fa = F.normalize(model.encode_image(_normalize_pixels(a[j].to(device))), dim=-1)
@@ -434,13 +449,9 @@ def train_preference(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
         # HPS's objective: cross-entropy over the pair's scaled cosine scores towards the preferred image.
         logits = 100.0 * torch.stack([(fa * t).sum(-1), (fb * t).sum(-1)], 1)
         target = torch.stack([p_a[j], 1 - p_a[j]], 1).to(device)
-        loss = loss + F.cross_entropy(logits, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 500 == 0 or step == cfg.proxy_steps:
-            _log(f"preference proxy step {step}/{cfg.proxy_steps} loss {loss.item():.4f}")
-    model.cpu().eval()
+        return contrastive + F.cross_entropy(logits, target)
+
+    _fit(model, loss, cfg, "preference proxy")
 
     def save(path: Path) -> None:
         from safetensors.torch import save_file

@@ -1,0 +1,376 @@
+"""Comparison sets (``slas sample``): the same prompts and seeds rendered by several checkpoints, into the store.
+
+Every checkpoint renders every (prompt, seed) pair with the pipeline's own deterministic sampler (DDIM with
+eta = 0 for SD, the Euler ODE for flow models), and a pair's initial noise comes from its seed alone, so
+images of different checkpoints are paired: they differ only by the weights. That pairing is what the
+review UI's side-by-side ratings and any paired statistics rely on. All input is checked before any model
+loads; images go to ``$SLAS_HOME/samples/<set id>/`` (or ``out``), their rows to the job store.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from slas.config import RewardConfig, SLASConfig, config_from_dict, load_config
+from slas.platform.db import Store
+from slas.platform.tracking import tracking_home
+from slas.preflight import preflight_reward, resolve_model_path
+from slas.rl.checkpoint import MARKER, latest_checkpoint
+from slas.t2i.prompts import load_prompts
+
+BASE = "base"
+MAX_SEED = 2**63 - 1
+_SEED_ITEM = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class SamplingError(ValueError):
+    """Bad ``slas sample`` input; the message is one line naming it."""
+
+
+@dataclass
+class CheckpointSource:
+    """One column of a comparison: a label, its checkpoint dir (``None`` for the base model) and run config."""
+
+    label: str
+    path: Path | None
+    config: SLASConfig
+    run_dir: Path | None = None
+
+
+@dataclass
+class SamplePlan:
+    """A validated ``slas sample`` request: nothing in it can fail for a reason the user could fix up front."""
+
+    checkpoints: list[CheckpointSource]
+    prompts: list[str]
+    seeds: list[int]
+    batch_size: int = 8
+    reward: RewardConfig | None = None
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.checkpoints) * len(self.prompts) * len(self.seeds)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ranges ``"0-7"`` (inclusive), mixed; seeds are distinct integers in [0, 2**63)."""
+    seeds: list[int] = []
+    for item in (s.strip() for s in str(text).split(",")):
+        m = _SEED_ITEM.match(item)
+        if not m:
+            raise SamplingError(f"--seeds: {item!r} is not a seed or a range (use e.g. 0,1,2 or 0-7)")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if hi < lo or hi > MAX_SEED:
+            raise SamplingError(f"--seeds: {item!r} is not a valid range (from low to high, below 2**63)")
+        if hi - lo >= 100_000:
+            raise SamplingError(f"--seeds: {item!r} has more than 100000 seeds")
+        seeds.extend(range(lo, hi + 1))
+    seen: set[int] = set()
+    for s in seeds:
+        if s in seen:
+            raise SamplingError(f"--seeds: seed {s} is given twice")
+        seen.add(s)
+    return seeds
+
+
+def _run_config_of(ckpt: Path, overrides: Sequence[str]) -> SLASConfig | None:
+    """The run config a checkpoint was trained with: its run dir's ``config.yaml``, else the checkpoint's own copy."""
+    cfg_file = ckpt.parent.parent / "config.yaml" if ckpt.parent.name == "checkpoints" else None
+    if cfg_file is not None and cfg_file.is_file():
+        return load_config(cfg_file, list(overrides))
+    state = ckpt / "trainer_state.json"
+    if state.is_file():
+        data = json.loads(state.read_text()).get("config")
+        if isinstance(data, dict):
+            return config_from_dict(data, list(overrides))
+    return None
+
+
+def _checkpoint_dir(spec: str) -> Path:
+    """A complete checkpoint dir from a checkpoint path, or a run dir (its newest complete checkpoint)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise SamplingError(f"--checkpoints: {spec} does not exist (give a checkpoint dir or `base`)")
+    if not path.is_dir():
+        raise SamplingError(f"--checkpoints: {spec} is not a directory")
+    if not (path / MARKER).is_file() and (path / "checkpoints").is_dir():  # a run dir
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise SamplingError(f"--checkpoints: run dir {spec} has no complete checkpoint")
+        path = latest
+    if not (path / MARKER).is_file():
+        raise SamplingError(f"--checkpoints: {spec} is not a complete checkpoint (no {MARKER} marker)")
+    if not (path / "trainable").is_dir():
+        raise SamplingError(f"--checkpoints: {spec} holds no trainable/ weights")
+    return path.resolve()
+
+
+def plan_sample_set(
+    checkpoints: str | Sequence[str],
+    prompts_file: str | Path,
+    seeds: str | Sequence[int],
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    prompt_field: str | None = None,
+    batch_size: int = 8,
+    reward: str | RewardConfig | None = None,
+    name: str | None = None,
+) -> SamplePlan:
+    """Check everything a comparison set needs (checkpoints, configs, models, prompts, seeds, reward) and
+    load nothing heavy, so a typo fails in a second with one line instead of after a model load.
+
+    Each checkpoint renders with ``config`` (plus ``overrides``) when given, else with its own run's config;
+    ``base`` is the config's base model (the first checkpoint's run config when no ``config`` is given).
+    """
+    specs = [s.strip() for s in (checkpoints.split(",") if isinstance(checkpoints, str) else checkpoints)]
+    specs = [s for s in specs if s]
+    if not specs:
+        raise SamplingError("--checkpoints: give at least one checkpoint dir or `base`")
+    if batch_size < 1:
+        raise SamplingError(f"--batch-size must be >= 1, got {batch_size}")
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    if not seed_list:
+        raise SamplingError("--seeds: give at least one seed")
+    try:
+        prompt_list = load_prompts(prompts_file, prompt_field)
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise SamplingError(f"--prompts: {str(exc).splitlines()[0]}") from None
+
+    shared = load_config(config, list(overrides)) if config is not None else None
+    sources: list[CheckpointSource] = []
+    for spec in specs:
+        if spec == BASE:
+            sources.append(CheckpointSource(BASE, None, shared))  # config filled in below when None
+            continue
+        path = _checkpoint_dir(spec)
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        cfg = shared if shared is not None else _run_config_of(path, overrides)
+        if cfg is None:
+            raise SamplingError(f"--checkpoints: no run config for {spec} (no config.yaml in its run dir); pass --config")
+        label = f"{run_dir.name}/{path.name}" if run_dir is not None else path.name
+        sources.append(CheckpointSource(label[:200], path, cfg, run_dir))
+    fallback = next((s.config for s in sources if s.config is not None), None)
+    for src in sources:
+        if src.config is None:
+            if fallback is None:
+                raise SamplingError("--checkpoints: `base` alone needs --config (the run config naming the model)")
+            src.config = fallback
+    labels = [s.label for s in sources]
+    twice = next((x for x in labels if labels.count(x) > 1), None)
+    if twice is not None:
+        raise SamplingError(f"--checkpoints: {twice} is given twice")
+    checked: set[tuple[str, str | None]] = set()
+    for src in sources:
+        key = (src.config.model.path, src.config.model.revision)
+        if key not in checked:
+            resolve_model_path(*key)  # PreflightError with the fetch command when absent
+            checked.add(key)
+
+    reward_cfg = None
+    if reward is not None:
+        if isinstance(reward, RewardConfig):
+            reward_cfg = reward
+        else:
+            from pydantic import ValidationError
+
+            from slas.rewards.score import parse_reward_spec
+
+            try:
+                reward_cfg = parse_reward_spec(reward)
+            except ValidationError as exc:
+                raise SamplingError(f"--reward: {str(exc).splitlines()[0]}") from None
+        preflight_reward(reward_cfg)
+
+    meta = {
+        "status": "planned",
+        "checkpoints": [{"label": s.label, "path": str(s.path) if s.path else None, "model": s.config.model.path,
+                         "finetune": s.config.model.finetune} for s in sources],
+        "prompts_file": str(Path(prompts_file).resolve()),
+        "num_prompts": len(prompt_list),
+        "seeds": seed_list,
+        "sample": sources[0].config.sample.model_dump(mode="json"),
+        "sampler": "deterministic (DDIM eta=0 / flow Euler ODE); a pair's initial noise comes from its seed",
+        "reward": reward_cfg.model_dump(mode="json") if reward_cfg is not None else None,
+    }
+    default_name = " vs ".join(labels)
+    return SamplePlan(sources, prompt_list, seed_list, batch_size, reward_cfg, (name or default_name)[:200], meta)
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def load_policy(source: CheckpointSource) -> Any:
+    """The run's policy with the checkpoint's trained weights (full or LoRA) loaded; the base model for ``base``."""
+    from slas.run import POLICIES
+
+    cfg = source.config
+    policy = POLICIES[cfg.model.family].from_pretrained(cfg.model, cfg.sample, keep_reference=False)
+    if source.path is not None:
+        policy.load_trainable(source.path / "trainable")
+    return policy
+
+
+@torch.no_grad()
+def render(policy: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
+    """[N, 3, H, W] float CPU images in [0, 1], one per (prompt, seed), with the pipeline's deterministic sampler.
+
+    Each image's initial noise comes from a CPU generator seeded with its seed, so it does not depend on the
+    batch it is rendered in, the device, or the checkpoint.
+    """
+    cfg = policy.sample_cfg
+    pipe = policy.pipe
+    kwargs: dict[str, Any] = {
+        "prompt": list(prompts),
+        "height": cfg.resolution,
+        "width": cfg.resolution,
+        "num_inference_steps": cfg.num_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "generator": [torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+        "output_type": "pt",
+        "max_sequence_length": cfg.max_sequence_length,
+        "eta": 0.0,  # DDIM: deterministic
+    }
+    if cfg.negative_prompt:
+        kwargs["negative_prompt"] = [cfg.negative_prompt] * len(prompts)
+    accepted = inspect.signature(pipe.__call__).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    policy.denoiser.eval()
+    device = torch.device(policy.device)
+    with torch.autocast(device.type, dtype=policy.dtype, enabled=policy.dtype != torch.float32):
+        images = pipe(**kwargs).images
+    return images.float().clamp(0, 1).cpu()
+
+
+def _save_png(image: Tensor, path: Path) -> None:
+    from PIL import Image
+
+    arr = (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")
+    Image.fromarray(arr).save(path)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _job_of(store: Store, sources: Sequence[CheckpointSource]) -> int | None:
+    """The job that trained every checkpoint of the set, when they all come from one."""
+    jobs = set()
+    for src in sources:
+        if src.run_dir is None:
+            continue
+        found = store.find_jobs_by_run_dir(src.run_dir.resolve())
+        jobs.add(found[0].id if found else None)
+    return jobs.pop() if len(jobs) == 1 else None
+
+
+def render_sample_set(
+    plan: SamplePlan,
+    store: Store,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    load: Callable[[CheckpointSource], Any] = load_policy,
+) -> int:
+    """Render ``plan`` into a new sample set of ``store`` and return its id.
+
+    One checkpoint at a time (loaded, rendered in batches of ``plan.batch_size``, released), so only one
+    model is in memory; its rows are committed when its images are written, and the set's ``meta.status``
+    turns ``complete`` at the end (``failed`` with ``meta.error`` on an error; left ``rendering``: killed).
+    """
+    sset = store.create_sample_set(plan.name, job_id=_job_of(store, plan.checkpoints), meta=plan.meta)
+    root = Path(out) if out is not None else tracking_home() / "samples" / str(sset.id)
+    root = root.resolve()
+    store.update_sample_set_meta(sset.id, status="rendering", out_dir=str(root))
+    reward_fn = None
+    if plan.reward is not None:
+        from slas.rewards import build
+
+        reward_fn = build(plan.reward)
+    pairs = [(p, i, s) for i, p in enumerate(plan.prompts) for s in plan.seeds]
+    bar = tqdm(total=plan.num_images, unit="img", desc=f"sample set {sset.id}", disable=not progress)
+    try:
+        for c, src in enumerate(plan.checkpoints):
+            folder = root / f"{c:02d}_{_UNSAFE.sub('_', src.label).strip('_')}"
+            folder.mkdir(parents=True, exist_ok=True)
+            bar.set_postfix_str(src.label)
+            policy = load(src)
+            rows = []
+            for b in range(0, len(pairs), plan.batch_size):
+                batch = pairs[b : b + plan.batch_size]
+                prompts = [p for p, _, _ in batch]
+                images = render(policy, prompts, [s for _, _, s in batch])
+                scores: dict[str, Tensor] = {}
+                if reward_fn is not None:
+                    group_ids = torch.tensor([i for _, i, _ in batch])
+                    scores = reward_fn(images, prompts, group_ids=group_ids)
+                for k, ((prompt, i, seed), image) in enumerate(zip(batch, images, strict=True)):
+                    path = folder / f"p{i:04d}_seed{seed}.png"
+                    _save_png(image, path)
+                    rows.append({
+                        "checkpoint_label": src.label,
+                        "checkpoint_path": str(src.path) if src.path is not None else None,
+                        "prompt": prompt, "seed": int(seed), "image_path": str(path),
+                        "rewards": {name: _finite(float(v[k])) for name, v in scores.items()},
+                    })
+                bar.update(len(batch))
+            store.add_samples(sset.id, rows)
+            del policy
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    except BaseException as exc:
+        text = str(exc).strip().splitlines()
+        store.update_sample_set_meta(sset.id, status="failed", error=f"{type(exc).__name__}: {text[0] if text else ''}")
+        raise
+    finally:
+        bar.close()
+    store.update_sample_set_meta(sset.id, status="complete")
+    return sset.id
+
+
+def sample_checkpoints(
+    checkpoints: str | Sequence[str],
+    prompts_file: str | Path,
+    seeds: str | Sequence[int],
+    *,
+    store: Store | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **plan_options: Any,
+) -> int:
+    """:func:`plan_sample_set` then :func:`render_sample_set` (default store: :func:`slas.platform.db.open_store`)."""
+    from slas.platform.db import open_store
+
+    plan = plan_sample_set(checkpoints, prompts_file, seeds, **plan_options)
+    own = store is None
+    store = store or open_store()
+    try:
+        return render_sample_set(plan, store, out=out, progress=progress)
+    finally:
+        if own:
+            store.close()
+
+
+__all__ = [
+    "BASE", "CheckpointSource", "SamplePlan", "SamplingError", "load_policy", "parse_seeds",
+    "plan_sample_set", "render", "render_sample_set", "sample_checkpoints",
+]

@@ -1,0 +1,168 @@
+"""The shapes world's trained components: tokenizers, shipped assets, proxies, pretraining, demo and bench."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPTokenizer, T5Tokenizer
+
+from slas.rewards import build
+from slas.shapes import assets
+from slas.shapes.models import IMAGE_SIZE, build_tokenizers, world_words
+from slas.shapes.prompts import metadata, perturb
+from slas.shapes.render import render_record
+
+
+def _pixels(images) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(im).copy()) for im in images]).permute(0, 3, 1, 2).float() / 255
+
+
+@pytest.fixture(scope="module")
+def proxies():
+    return build(assets.reward_components())
+
+
+def test_world_words_are_single_tokens_and_survive_a_reload(tmp_path):
+    clip, t5 = build_tokenizers()
+    for word in world_words():
+        assert len(clip.tokenize(word)) == 1, word
+        assert len(t5.tokenize(word)) == 1, word
+    clip.save_pretrained(tmp_path / "clip")
+    t5.save_pretrained(tmp_path / "t5")
+    prompt = "a photo of three red circles left of an orange square"
+    assert CLIPTokenizer.from_pretrained(tmp_path / "clip")(prompt).input_ids == clip(prompt).input_ids
+    assert T5Tokenizer.from_pretrained(tmp_path / "t5")(prompt).input_ids == t5(prompt).input_ids
+    assert len(t5.tokenize(prompt)) == 11  # one token per word
+
+
+def test_shipped_assets_are_complete_and_small():
+    root = assets.check_assets()
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20
+    report = json.loads((root / "pretrain.json").read_text())
+    assert 0.3 <= report["t2i"]["test_scores"]["overall"] <= 0.7
+
+
+def test_missing_assets_name_the_pretraining_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m slas\.shapes\.pretrain --out"):
+        assets.check_assets(tmp_path)
+
+
+def test_shipped_model_loads_in_the_flux_policy_unchanged():
+    from slas.config import ModelConfig, SampleConfig
+    from slas.t2i.flux import FluxPolicy
+
+    policy = FluxPolicy.from_pretrained(
+        ModelConfig(family="flux", path=str(assets.assets_dir() / assets.T2I), device="cpu", dtype="float32"),
+        SampleConfig(resolution=IMAGE_SIZE, num_steps=3, group_size=2, prompts_per_iter=1, eta=0.3,
+                     max_sequence_length=24),
+    )
+    rollout = policy.rollout(["a photo of a red circle"], group_size=2, seed=0)
+    assert rollout.images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.isfinite(rollout.trajectory.log_probs).all()
+
+
+def test_proxies_load_through_the_real_reward_classes_and_prefer_correct_scenes(proxies):
+    rng = random.Random(0)
+    recs = [rng.choice(metadata("train")) for _ in range(48)]
+    good = [render_record(r, rng)[0] for r in recs]
+    bad_recs = [perturb(r, rng) for r in recs]
+    bad = [render_record(r, rng)[0] for r in bad_recs]
+    prompts = [r["prompt"] for r in recs]
+    s_good, s_bad = proxies(_pixels(good), prompts), proxies(_pixels(bad), prompts)
+    assert set(s_good) == {"hpsv21", "clip", "total"}
+    for key in ("hpsv21", "clip"):
+        assert torch.isfinite(s_good[key]).all()
+        assert (s_good[key] > s_bad[key]).float().mean() > 0.6, key  # better than chance, not perfect
+
+
+def test_preference_proxy_learned_the_annotators_taste_for_vivid_images(proxies):
+    from slas.shapes.pretrain import vividness
+
+    rng = random.Random(1)
+    recs = [rng.choice(metadata("train")) for _ in range(48)]
+    images = _pixels([render_record(r, rng)[0] for r in recs])
+    gray = images.mean(1, keepdim=True)
+    vivid = (gray + (images - gray) * 1.8).clamp(0, 1)
+    assert (vividness(vivid) > vividness(images)).float().mean() > 0.9
+    prompts = [r["prompt"] for r in recs]
+    plain, boosted = proxies(images, prompts)["hpsv21"], proxies(vivid, prompts)["hpsv21"]
+    assert boosted.mean() > plain.mean()
+
+
+@pytest.mark.slow
+def test_pretrain_script_writes_loadable_assets(tmp_path):
+    from slas.shapes.pretrain import main
+
+    main([
+        "--out", str(tmp_path), "--device", "cpu", "--workers", "1", "--dataset-size", "256",
+        "--vae-steps", "2", "--vae-batch", "8", "--t2i-steps", "2", "--t2i-batch", "8", "--eval-every", "2",
+        "--eval-limit", "6", "--final-images-per-prompt", "1", "--num-steps", "2", "--proxy-pairs", "16",
+        "--preference-pairs", "16", "--proxy-steps", "2", "--proxy-batch", "8",
+    ])
+    assets.check_assets(tmp_path)
+    report = json.loads((tmp_path / "pretrain.json").read_text())
+    assert {"vae", "t2i", "clip", "preference", "dataset"} <= set(report)
+    assert report["t2i"]["steps"] == 2
+    build(assets.reward_components(tmp_path))  # the new proxies load through the reward registry
+
+
+def test_pretrain_rejects_an_unknown_stage(tmp_path):
+    from slas.shapes.pretrain import PretrainConfig, pretrain
+
+    with pytest.raises(ValueError, match="unknown stage"):
+        pretrain(PretrainConfig(out=tmp_path, stages=("vae", "unet")))
+
+
+TINY_PLAN = dict(iterations=2, prompts_per_iter=2, group_size=4, num_steps=3, eval_every=1,
+                 eval_images_per_prompt=1, eval_prompts_per_tag=1)
+
+
+@pytest.mark.slow
+def test_demo_writes_the_report_contract_and_records_both_runs(tmp_path):
+    from slas.platform.db import open_store
+    from slas.shapes.demo import DemoPlan, run_demo
+
+    report = run_demo(tmp_path / "demo", plan=DemoPlan(**TINY_PLAN))
+    on_disk = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert set(on_disk) == {"seconds", "iterations", "methods"} and on_disk["iterations"] == 2
+    assert set(on_disk["methods"]) == {"dancegrpo", "slas"}
+    tags = {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    for m in on_disk["methods"].values():
+        assert set(m) == {"proxy_reward", "judge"}
+        assert set(m["proxy_reward"]) == {"before", "after"}
+        for when in ("before", "after"):
+            assert set(m["judge"][when]) == tags
+            assert all(0.0 <= v <= 1.0 for v in m["judge"][when].values())
+    # same initial weights and seeds: identical "before" for both methods
+    assert on_disk["methods"]["dancegrpo"]["judge"]["before"] == on_disk["methods"]["slas"]["judge"]["before"]
+    for name in ("report.md", "curves.png", "grid_before.png", "grid_after_dancegrpo.png", "grid_after_slas.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0, name
+    assert "| dancegrpo |" in (tmp_path / "demo" / "report.md").read_text()
+    # every iteration and evaluation went through the tracker, and both runs are store jobs
+    steps = [json.loads(line)["step"] for line in (tmp_path / "demo" / "slas" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+    with open_store() as store:
+        jobs = {j.name: j for j in store.list_jobs()}
+    assert jobs["dancegrpo"].status == jobs["slas"].status == "completed"
+
+
+@pytest.mark.slow
+def test_bench_hacking_summarizes_every_variant_over_seeds(tmp_path):
+    from slas.bench.hacking import VARIANTS, run_hacking
+
+    assert len(VARIANTS) == 9
+    out = run_hacking(2, out=tmp_path / "runs", results_md=tmp_path / "hacking.md", quick=True,
+                      variants=["dancegrpo", "slas_p2_norm_first"])
+    assert [r["variant"] for r in out["runs"]] == ["dancegrpo", "slas_p2_norm_first"] * 2
+    summary = out["summary"]["dancegrpo"]
+    assert summary["seeds"] == 2 and len(summary["proxy_gain"]) == 2
+    table = (tmp_path / "hacking.md").read_text()
+    assert "| slas_p2_norm_first |" in table and "Machine:" in table
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_hacking(1, out=tmp_path, variants=["grpo"])
