@@ -259,7 +259,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
     plan = plan or (QUICK if quick else FULL)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    (out / "grid_before.png").unlink(missing_ok=True)  # written by the first run, never a stale one
     evaluator = Evaluator(plan, seed)
     configs = {m: demo_config(m, METHODS[m], plan, out_dir=out, seed=seed) for m in methods}
     runs: dict[str, dict[str, Any]] = {}
