@@ -39,6 +39,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from slas.platform.locks import file_lock
+
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -249,17 +251,8 @@ def _migration_lock(engine: Engine, conn: Connection) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not db or db == ":memory:":
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no concurrent first opens to guard against in practice
+    with file_lock(f"{db}.migrate.lock"):
         yield
-        return
-    with open(f"{db}.migrate.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Any:

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from slas.platform.locks import file_lock
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -770,16 +772,8 @@ def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith("sqlite:///") or os.name == "nt":
         yield
         return
-    import fcntl
-
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.init.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(f"{Path(tracking_uri.removeprefix('sqlite:///'))}.init.lock"):
+        yield
 
 
 def _now_ms() -> int:
