@@ -8,27 +8,14 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from slas.cli import app
 from slas.config import config_from_dict, load_config
+from slas.testing.cli import ANSI, ENV, cli_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 SD = str(ROOT / "configs" / "sd14_hps_clip.yaml")
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Wide, uncoloured help where the environment allows it (rich wraps to COLUMNS); typer may still force
-# colour from variables read at import (GITHUB_ACTIONS), so outputs are also stripped of ANSI codes.
-ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "FORCE_COLOR": None}
-
-
-def _runner() -> CliRunner:
-    try:  # click < 8.2 mixes stderr into stdout unless asked not to; click >= 8.2 always separates
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-runner = _runner()
+runner = cli_runner()
 
 
 def invoke(*args: str):

@@ -12,7 +12,7 @@ from slas.config import ConfigError, apply_override, config_from_dict, flatten, 
 from slas.preflight import PreflightError, preflight, resolve_file, resolve_model_path
 from slas.rewards import build, register
 from slas.rewards.registry import available, unregister
-from slas.rl.trainer import trained_steps
+from slas.rl.objectives import trained_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SD = ROOT / "configs" / "sd14_hps_clip.yaml"
@@ -329,7 +329,7 @@ def no_heavy_work(monkeypatch):
     for cls in (SDPolicy, FluxPolicy):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(boom))
     monkeypatch.setattr(run, "build", boom)
-    monkeypatch.setattr(run, "load_prompts", boom)
+    monkeypatch.setattr(run.PromptSource, "from_file", classmethod(boom))
     return run.build_trainer
 
 

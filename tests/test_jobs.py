@@ -20,9 +20,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from slas.cli import app
 from slas.config import load_config
 from slas.platform.db import open_store
 from slas.platform.jobs import JobError, KubernetesBackend, pid_alive
@@ -31,32 +29,9 @@ from slas.rewards import register
 from slas.rewards.registry import unregister
 from slas.rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints
 from slas.run import EXIT_CANCELLED, run_training
+from slas.testing.cli import error_text as err
+from slas.testing.cli import run_cli as slas
 from slas.testing.tiny_clip import save_tiny_hf_clip
-
-ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "FORCE_COLOR": None}
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _runner() -> CliRunner:
-    try:  # click < 8.2 mixes stderr into stdout unless asked not to
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-runner = _runner()
-
-
-def slas(*args: str):
-    return runner.invoke(app, [str(a) for a in args], env=ENV)
-
-
-def err(result) -> str:
-    try:
-        text = result.stderr
-    except ValueError:
-        text = result.output
-    return ANSI.sub("", text).strip()
 
 
 @pytest.fixture(scope="module")

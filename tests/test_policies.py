@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slas.config import ModelConfig, SampleConfig
-from slas.rl.trajectory import Policy
+from slas.rl.protocols import Policy
 from slas.t2i.flux import FluxPolicy
 from slas.t2i.sd import SDPolicy
 

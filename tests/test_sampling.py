@@ -10,38 +10,19 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
-from slas.cli import app
 from slas.config import config_from_dict
 from slas.platform.db import open_store
 from slas.platform.sampling import SamplingError, parse_seeds, plan_sample_set
 from slas.rewards import register
 from slas.rewards.registry import unregister
 from slas.rl.checkpoint import MARKER
+from slas.testing.cli import error_text as err
+from slas.testing.cli import run_cli as slas
 
-ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "FORCE_COLOR": None}
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PROMPTS = "a red circle\ntwo blue squares\n"
 
 
-def _runner() -> CliRunner:
-    try:  # click < 8.2 mixes stderr into stdout unless asked not to
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def slas(*args: object):
-    return _runner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def err(result) -> str:
-    try:
-        text = result.stderr
-    except ValueError:
-        text = result.output
-    return ANSI.sub("", text).strip()
 
 
 def _brightness_factory():

@@ -21,8 +21,8 @@ from slas.rewards import register
 from slas.rewards.registry import unregister
 from slas.rl.checkpoint import latest_checkpoint
 from slas.rl.trainer import rollout_grid
+from slas.testing.cli import ENV
 
-ENV = {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200", "FORCE_COLOR": None}
 FLAKY = {"calls": 0, "fail_at": None}  # the flaky reward raises on this call (a crash mid-run)
 
 

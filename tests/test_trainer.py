@@ -13,7 +13,7 @@ from slas.rewards import register
 from slas.rewards.registry import unregister
 from slas.rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints, save_checkpoint
 from slas.rl.loss import ppo_clip_loss
-from slas.rl.trainer import trained_steps
+from slas.rl.objectives import trained_steps
 from slas.run import build_trainer
 
 
@@ -84,7 +84,7 @@ def test_two_iteration_run_updates_and_reloads(kind, tiny_sd_dir, tiny_flux_dir,
     assert [p.name for p in list_checkpoints(cfg.run_dir / "checkpoints")] == ["iter_000001", "iter_000002"]
     fresh = build_trainer(cfg, resume=True)
     assert fresh.iteration == 2
-    assert fresh.prompts.state_dict() == trainer.prompts.state_dict()
+    assert fresh.data.state_dict() == trainer.data.state_dict()
     for a, b in zip(fresh.policy.trainable_parameters(), after, strict=True):
         assert torch.equal(a, b)
     assert fresh.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()

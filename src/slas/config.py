@@ -144,6 +144,29 @@ class SLASConfig(_Strict):
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
 
+    @property
+    def learning_rate(self) -> float:
+        """``model.lora.lr`` for a LoRA run that sets it, else ``train.lr``."""
+        lora = self.model.lora
+        return lora.lr if self.model.finetune == "lora" and lora.lr else self.train.lr
+
+    def trainer_config(self) -> TrainerConfig:
+        """The sections the trainer reads, with the learning rate resolved."""
+        return TrainerConfig(run=self.run, sample=self.sample, rl=self.rl, train=self.train,
+                             lr=self.learning_rate, run_dir=self.run_dir)
+
+
+class TrainerConfig(_Strict):
+    """What ``slas.rl.trainer.Trainer`` reads: its own config sections and an already-resolved learning rate
+    (the trainer never sees the model section)."""
+
+    run: RunConfig = RunConfig()
+    sample: SampleConfig = SampleConfig()
+    rl: RLConfig = RLConfig()
+    train: TrainConfig = TrainConfig()
+    lr: float = Field(gt=0)
+    run_dir: Path
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-5``; YAML 1.1 reads them as strings)."""

@@ -1,10 +1,12 @@
-"""Assemble a training run from a config (preflight, policy, reward, prompts, tracker, trainer) and run it
+"""Assemble a training run from a config (preflight, policy, reward, data, tracker, trainer) and run it
 as a job: recorded in the job store, stopped gracefully by SIGTERM, its checkpoints registered.
+
+This is the one place that knows both the concrete models (``POLICIES``) and the platform (store,
+MLflow); the trainer it builds knows neither.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import shutil
@@ -13,7 +15,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +25,17 @@ import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
 from slas.config import SLASConfig, flatten
-from slas.platform.tracking import MLflowTracker, TrackingError, make_tracker, read_metrics
+from slas.errors import SlasError, one_line
+from slas.platform.tracking import MLflowTracker, TeeTracker, TrackingError, make_tracker, read_metrics
 from slas.preflight import preflight
 from slas.rewards import build
 from slas.rl import distributed
+from slas.rl.callbacks import IterationLog
 from slas.rl.checkpoint import latest_checkpoint, list_checkpoints
+from slas.rl.protocols import Callback
 from slas.rl.trainer import Trainer
 from slas.t2i.flux import FluxPolicy
-from slas.t2i.prompts import PromptSampler, load_prompts
+from slas.t2i.prompts import PromptSource
 from slas.t2i.sd import SDPolicy
 
 if TYPE_CHECKING:
@@ -43,7 +48,20 @@ _RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "params.json", "images", "artifa
                 MLflowTracker.STATE_NAME, MLflowTracker.BUFFER_NAME, "mlflow_buffer")
 
 
-def build_trainer(config: SLASConfig, *, resume: bool = False, mlflow_run_id: str | None = None) -> Trainer:
+class NothingToResume(SlasError, FileNotFoundError):
+    """``--resume`` on a run dir without a complete checkpoint."""
+
+
+def check_resumable(config: SLASConfig) -> None:
+    """Raise :class:`NothingToResume` (one line) unless the run dir has a complete checkpoint."""
+    ckpts = config.run_dir / "checkpoints"
+    if latest_checkpoint(ckpts) is None:
+        raise NothingToResume(f"no complete checkpoint under {ckpts}: nothing to resume (train without --resume to start)")
+
+
+def build_trainer(
+    config: SLASConfig, *, resume: bool = False, mlflow_run_id: str | None = None, callbacks: Sequence[Callback] = ()
+) -> Trainer:
     """Check everything the run needs, then load models (the heavy part) and wire the trainer.
 
     Rank 0 tracks the run in ``metrics.jsonl`` and MLflow (:func:`slas.platform.tracking.make_tracker`;
@@ -54,7 +72,9 @@ def build_trainer(config: SLASConfig, *, resume: bool = False, mlflow_run_id: st
     """
     rank, _ = distributed.init_from_env()
     preflight(config)
-    prompts = PromptSampler(load_prompts(config.data.prompts, config.data.field), shuffle=config.data.shuffle, seed=config.run.seed)
+    if resume:
+        check_resumable(config)
+    data = PromptSource.from_file(config.data.prompts, config.data.field, shuffle=config.data.shuffle, seed=config.run.seed)
     reward = build(config.reward)
     policy = POLICIES[config.model.family].from_pretrained(
         config.model, config.sample, keep_reference=config.train.kl_coef > 0
@@ -67,7 +87,8 @@ def build_trainer(config: SLASConfig, *, resume: bool = False, mlflow_run_id: st
             _move_previous_run(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         tracker = _run_tracker(config, mlflow_run_id if resume else None)
-    trainer = Trainer(config, policy, reward, prompts, tracker)
+    trainer = Trainer(config.trainer_config(), policy, reward, data, tracker=tracker, callbacks=callbacks,
+                      checkpoint_metadata={"config": config.model_dump(mode="json")})
     if resume:
         try:
             trainer.load_checkpoint()
@@ -111,16 +132,15 @@ def register_final_checkpoint(trainer: Trainer) -> int | None:
     version ``best`` points at (or none has it); ``models:/NAME@latest`` is always the newest version.
     Returns the version, or ``None`` without MLflow (or while its store is away: registered on replay).
     """
-    register = getattr(trainer.tracker, "register_model", None)
     ckpt = latest_checkpoint(trainer.ckpt_dir)
-    if register is None or ckpt is None:
+    if not isinstance(trainer.tracker, TeeTracker) or ckpt is None:
         return None
     iteration = int(ckpt.name.removeprefix("iter_"))
     score = next((r.get(SCORE_METRIC) for r in read_metrics(trainer.run_dir / "metrics.jsonl")
                   if r.get("step") == iteration), None)
     score = float(score) if isinstance(score, int | float) and math.isfinite(score) else None
     tags = {"slas.iteration": str(iteration), "slas.score_metric": SCORE_METRIC}
-    return register(trainer.config.run.name, ckpt, tags=tags, score=score)
+    return trainer.tracker.register_model(trainer.config.run.name, ckpt, tags=tags, score=score)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -163,8 +183,7 @@ def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return one_line(exc, with_type=True)
 
 
 def _job_for_direct_run(store: Store, config: SLASConfig, resume: bool) -> int:
@@ -186,15 +205,15 @@ def _job_for_direct_run(store: Store, config: SLASConfig, resume: bool) -> int:
 
 def run_training(
     config: SLASConfig, *, resume: bool = False, job_id: int | None = None, store: Store | None = None,
-    configure: Callable[[Trainer], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainingOutcome:
     """Train ``config`` as a job of the store (``store``, default :func:`slas.platform.db.open_store`).
 
     With ``job_id`` the job was queued by ``slas jobs submit``/``resume``; without, ``slas train`` was run
     directly and gets a job row of its own (with ``resume``: the job that last wrote this run dir). The
     run records a new attempt, its checkpoints and its end: completed, cancelled (SIGTERM: the iteration
-    finishes, a checkpoint is written) or failed with the error (which is re-raised). ``configure`` is
-    called with the built trainer before training (to set hooks such as ``after_step``).
+    finishes, a checkpoint is written) or failed with the error (which is re-raised). ``callbacks`` join
+    the trainer's own (after the job's stop/checkpoint recorder and the one-line-per-iteration log).
     """
     from slas.platform.db import open_store
 
@@ -202,7 +221,9 @@ def run_training(
     stop = threading.Event()
     with _sigterm_sets(stop):
         if rank != 0:  # one writer per run
-            return _train_recorded(config, resume, stop, None, None, None, configure)
+            return _train_recorded(config, resume, stop, None, None, None, callbacks)
+        if resume:
+            check_resumable(config)  # before any job row, model or MLflow run
         own_store = store is None
         if own_store:
             store = open_store()
@@ -211,27 +232,38 @@ def run_training(
                 preflight(config)  # a run that cannot start gets no job row
                 job_id = _job_for_direct_run(store, config, resume)
             attempt = store.begin_attempt(job_id, pid=os.getpid())
-            return _train_recorded(config, resume, stop, store, job_id, attempt, configure)
+            return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks)
         finally:
             if own_store:
                 store.close()
 
 
 def _close_tracker(tracker: Any, status: str) -> None:
-    """Close with the run's end (MLflow's FINISHED/FAILED/KILLED) where the tracker takes one."""
+    """Close with the run's end (MLflow's FINISHED/FAILED/KILLED)."""
     if tracker is None:
         return
     try:
-        if "status" in inspect.signature(tracker.close).parameters:
-            tracker.close(status=status)
-        else:
-            tracker.close()
+        tracker.close(status=status)
     except Exception as exc:  # never hide the run's own outcome (or its error) behind a tracker's
         warnings.warn(f"tracker: close failed: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
 
 
+class _JobCallback(Callback):
+    """Connects a trainer to its job: SIGTERM's flag stops it, every published checkpoint is recorded."""
+
+    def __init__(self, stop: threading.Event, record_checkpoint: Any) -> None:
+        self.stop = stop
+        self.record_checkpoint = record_checkpoint
+
+    def should_stop(self, trainer: Trainer) -> bool:
+        return self.stop.is_set()
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        self.record_checkpoint(trainer.iteration, path.resolve())
+
+
 def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, store: Any, job_id: int | None,
-                    attempt: Any, configure: Callable[[Trainer], None] | None = None) -> TrainingOutcome:
+                    attempt: Any, callbacks: Sequence[Callback] = ()) -> TrainingOutcome:
     def record(what: str, fn: str, *args: Any, **kwargs: Any) -> None:
         if store is None:
             return
@@ -256,18 +288,16 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
             warnings.warn(f"job store: could not read the MLflow run id: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
     trainer = None
     try:
-        trainer = build_trainer(config, resume=resume, mlflow_run_id=mlflow_run_id)
-        trainer.should_stop = stop.is_set
+        job = _JobCallback(stop, lambda it, path: record("a checkpoint", "add_checkpoint", job_id, it, path))
+        trainer = build_trainer(config, resume=resume, mlflow_run_id=mlflow_run_id,
+                                callbacks=[job, IterationLog(), *callbacks])
         if store is not None:
-            trainer.on_checkpoint = lambda path, it: record("a checkpoint", "add_checkpoint", job_id, it, path.resolve())
             if trainer.resumed_from is not None:
                 record("the resume point", "set_attempt_resumed_from", attempt.id, trainer.resumed_from.resolve())
                 # a process killed between publishing a checkpoint and recording it left it unrecorded
                 found = [(int(p.name.removeprefix("iter_")), p.resolve()) for p in list_checkpoints(trainer.ckpt_dir)]
                 record("earlier checkpoints", "sync_checkpoints", job_id, found)
             record_run_id()
-        if configure is not None:
-            configure(trainer)
         start = trainer.iteration
         trainer.train()
         if not trainer.stopped and trainer.iteration > start and trainer.rank == 0:

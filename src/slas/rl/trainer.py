@@ -1,6 +1,7 @@
-"""The GRPO trainer: rollouts -> rewards -> shaped advantages -> PPO-clip updates on recorded steps.
+"""The GRPO trainer: rollouts -> rewards -> shaped advantages -> objective updates, as a loop of iterations.
 
-It knows only the policy protocol (``slas.rl.trajectory.Policy``), a reward callable and a tracker.
+It knows only the protocols of ``slas.rl.protocols`` (policy, data source, reward, objective, tracker,
+callbacks) and its own config sections (``slas.config.TrainerConfig``), never a concrete model.
 """
 
 from __future__ import annotations
@@ -9,64 +10,48 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.training_utils import EMAModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from slas.config import SLASConfig
-from slas.platform.tracking import Tracker
+from slas.config import TrainerConfig
+from slas.images import make_grid
 from slas.rl import distributed
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
 from slas.rl.checkpoint import latest_checkpoint, save_checkpoint
-from slas.rl.loss import gaussian_kl, ppo_clip_loss
-from slas.rl.trajectory import Policy, Rollout
-from slas.t2i.prompts import PromptSampler
-
-RewardFn = Callable[..., dict[str, Tensor]]
-
-
-def trained_steps(num_steps: int, fraction: float, num_samples: int, selection: str, generator: torch.Generator) -> Tensor:
-    """[num_samples, k] step indices to train per sample.
-
-    The last denoising step is never trained (DanceGRPO); k = int((num_steps - 1) * fraction), at least 1.
-    ``random`` draws a fresh permutation per sample (DanceGRPO); ``first`` takes the k noisiest steps.
-    """
-    candidates = num_steps - 1
-    k = max(1, int(candidates * fraction))
-    if selection == "first":
-        return torch.arange(k).expand(num_samples, k).clone()
-    return torch.stack([torch.randperm(candidates, generator=generator)[:k] for _ in range(num_samples)])
+from slas.rl.objectives import GRPOObjective
+from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, Tracker
+from slas.rl.trajectory import Rollout
 
 
 def rollout_grid(
     images: Tensor, group_ids: Tensor, *, max_groups: int = 4, max_per_group: int = 8, tile: int = 256, pad: int = 2
 ) -> Tensor:
-    """A [3, H, W] CPU grid in [0, 1] of a rollout: one row per group (prompt), so a row shows what one
-    prompt's group looked like, which is what advantages compare. Tiles are downscaled to at most ``tile`` px
-    and the grid is capped, so logging it costs little even at 1024 px with large groups.
+    """A [3, H, W] CPU grid in [0, 1] of a rollout: one row per group, so a row shows what one group looked
+    like, which is what advantages compare. Tiles are downscaled to at most ``tile`` px and the grid is
+    capped, so logging it costs little even at 1024 px with large groups.
     """
-    rows = []
-    for g in torch.unique(group_ids.cpu(), sorted=True)[:max_groups]:
-        idx = (group_ids.cpu() == g).nonzero().flatten()[:max_per_group]
-        rows.append(images[idx.to(images.device)].detach().float())
+    ids = group_ids.cpu()
+    rows = [images[(ids == g).nonzero().flatten()[:max_per_group].to(images.device)].detach().float().cpu()
+            for g in torch.unique(ids, sorted=True)[:max_groups]]
     cols = max(len(r) for r in rows)
     h, w = rows[0].shape[-2:]
     scale = min(1.0, tile / max(h, w))
-    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-    grid = torch.ones(3, len(rows) * (th + pad) + pad, cols * (tw + pad) + pad)
-    for r, row in enumerate(rows):
-        if (th, tw) != (h, w):
-            row = torch.nn.functional.interpolate(row, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
-        row = row.clamp(0, 1).cpu()
-        for c, img in enumerate(row):
-            y, x = pad + r * (th + pad), pad + c * (tw + pad)
-            grid[:, y : y + th, x : x + tw] = img[:3] if img.shape[0] >= 3 else img.expand(3, -1, -1)
-    return grid
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    tiles = []
+    for row in rows:
+        if size != (h, w):
+            row = torch.nn.functional.interpolate(row, size=size, mode="bilinear", antialias=True, align_corners=False)
+        row = row[:, :3] if row.shape[1] >= 3 else row.expand(-1, 3, -1, -1)
+        blank = torch.ones(cols - len(row), 3, *size)
+        tiles.append(torch.cat([row.clamp(0, 1), blank]))
+    return make_grid(torch.cat(tiles), nrow=cols, padding=pad, pad_value=1.0)
 
 
 def _stats(values: Tensor) -> tuple[float, float]:
@@ -77,37 +62,45 @@ def _stats(values: Tensor) -> tuple[float, float]:
 
 
 class Trainer:
-    """One run of GRPO-style post-training (``config.rl`` picks DanceGRPO or SLAS advantages)."""
+    """One run of GRPO-style post-training (``config.rl`` picks DanceGRPO or SLAS advantages).
+
+    ``objective`` defaults to :class:`~slas.rl.objectives.GRPOObjective` built from ``config.train``;
+    ``checkpoint_metadata`` (e.g. the whole run config) is stored in every checkpoint's
+    ``trainer_state.json`` for tools that read checkpoints later.
+    """
 
     def __init__(
         self,
-        config: SLASConfig,
+        config: TrainerConfig,
         policy: Policy,
         reward: RewardFn,
-        prompts: PromptSampler,
-        tracker: Tracker | None,
+        data: DataSource,
+        *,
+        objective: Objective | None = None,
+        tracker: Tracker | None = None,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.reward = reward
-        self.prompts = prompts
-        self.tracker = tracker
-        self.run_dir = config.run_dir
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.data = data
         t = config.train
+        self.objective = objective or GRPOObjective(
+            clip_range=t.clip_range, kl_coef=t.kl_coef, timestep_fraction=t.timestep_fraction,
+            timestep_selection=t.timestep_selection,
+        )
+        self.tracker = tracker
+        self.callbacks = list(callbacks)
+        self.checkpoint_metadata = dict(checkpoint_metadata or {})
+        self.run_dir = Path(config.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
         params = policy.trainable_parameters()
-        lr = config.model.lora.lr if config.model.finetune == "lora" and config.model.lora.lr else t.lr
-        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay)
         self.ema = EMAModel(params, decay=t.ema.decay) if t.ema.enabled else None
         self.iteration = 0
         self.timers: dict[str, float] = defaultdict(float)
         self.rank, self.world = distributed.rank_and_world()
-        # hooks for the job runner (slas.run.run_training): a graceful stop (SIGTERM) is honoured between
-        # iterations, and each published checkpoint is reported (rank 0 only)
-        self.should_stop: Callable[[], bool] | None = None
-        self.on_checkpoint: Callable[[Path, int], None] | None = None
-        # after each iteration, before its metrics are logged: extra metrics for the same step (evaluations)
-        self.after_step: Callable[[Trainer, dict[str, float]], dict[str, float] | None] | None = None
         self.stopped = False
         self.resumed_from: Path | None = None
         self._saved_iteration = 0
@@ -134,12 +127,12 @@ class Trainer:
         self.timers.clear()
         start = time.perf_counter()
         k = cfg.sample.prompts_per_iter
-        # every rank draws the same global prompt list and takes its slice; groups are numbered globally
-        prompts = self.prompts.next(k * self.world)[self.rank * k : (self.rank + 1) * k]
+        # every rank draws the same global group list and takes its slice; groups are numbered globally
+        groups = self.data.next(k * self.world)[self.rank * k : (self.rank + 1) * k]
         with self._timed("rollout"):
-            rollout = self.policy.rollout(prompts, group_size=cfg.sample.group_size, seed=self._seed() + self.rank * k)
+            rollout = self.policy.rollout(groups, group_size=cfg.sample.group_size, seed=self._seed() + self.rank * k)
         with self._timed("reward"):
-            rewards = self.reward(rollout.images, rollout.prompts, group_ids=rollout.group_ids)
+            rewards = self.reward(rollout.images, rollout.prompts, group_ids=rollout.group_ids, **rollout.conditions)
         # the global batch: SLAS's batch std is over all ranks
         rewards = {name: distributed.all_gather_cat(v.float().cpu()) for name, v in rewards.items()}
         group_ids = distributed.all_gather_cat(rollout.group_ids + self.rank * k)
@@ -172,48 +165,36 @@ class Trainer:
         return metrics
 
     def _update(self, rollout: Rollout, adv: Tensor) -> dict[str, float]:
+        """Micro-batches of ``train.batch_size`` samples, ``gradient_accumulation_steps`` per optimizer step;
+        every loss term of the objective is back-propagated as it comes."""
         cfg = self.config.train
-        traj = rollout.trajectory
-        n = traj.num_samples
+        n = rollout.trajectory.num_samples
+        device = rollout.trajectory.log_probs.device
         gen = torch.Generator().manual_seed(self._seed() + 7 + self.rank)
-        steps = trained_steps(self.policy.num_steps, cfg.timestep_fraction, n, cfg.timestep_selection, gen)
-        k = steps.shape[1]
+        adv_dev = adv.to(device)
+        plan = self.objective.plan(self.policy, rollout, adv_dev, gen)
         order = torch.randperm(n, generator=gen)
         micro = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-        groups = [micro[i : i + cfg.gradient_accumulation_steps] for i in range(0, len(micro), cfg.gradient_accumulation_steps)]
-        adv_dev = adv.to(traj.log_probs.device)
-        steps = steps.to(traj.log_probs.device)
+        accum = cfg.gradient_accumulation_steps
+        updates = [micro[i : i + accum] for i in range(0, len(micro), accum)]
         sums: dict[str, float] = defaultdict(float)
-        count = 0
-        ratio_dev_before = 0.0
+        counts: dict[str, int] = defaultdict(int)
+        maxima: dict[str, float] = {}
         grad_norms = []
         params = self.policy.trainable_parameters()
-        for g, group in enumerate(groups):
-            group_size = sum(len(m) for m in group)
-            for idx in group:
-                idx = idx.to(traj.log_probs.device)
-                for j in range(k):
-                    s = steps[idx, j]
-                    if cfg.kl_coef > 0:
-                        mean, std, logp = self.policy.step_distribution(traj, idx, s)
-                        with torch.no_grad():
-                            ref_mean = self.policy.step_distribution(traj, idx, s, reference=True)[0]
-                        kl = gaussian_kl(mean, ref_mean, std).mean()
-                    else:
-                        logp = self.policy.step_log_prob(traj, idx, s)
-                        kl = None
-                    loss, st = ppo_clip_loss(logp, traj.log_probs[idx, s], adv_dev[idx], cfg.clip_range)
-                    if kl is not None:
-                        loss = loss + cfg.kl_coef * kl
-                        sums["kl_ref"] += float(kl.detach())
-                    # each sample's loss is averaged over its trained steps and the optimizer step's samples
-                    (loss * len(idx) / (group_size * k)).backward()
-                    sums["loss"] += float(loss.detach())
-                    for key in ("ratio", "clip_frac", "approx_kl"):
-                        sums[key] += float(st[key])
-                    if g == 0:
-                        ratio_dev_before = max(ratio_dev_before, float(st["ratio_dev"]))
-                    count += 1
+        for u, batches in enumerate(updates):
+            samples = sum(len(m) for m in batches)
+            for idx in batches:
+                idx = idx.to(device)
+                for loss, stats in self.objective.losses(self.policy, rollout, adv_dev, idx, plan, update=u):
+                    # each sample's loss is averaged over its terms and the optimizer step's samples
+                    (loss * len(idx) / (samples * plan.terms)).backward()
+                    for key, value in stats.items():
+                        if key in self.objective.max_stats:
+                            maxima[key] = max(maxima.get(key, value), value)
+                        else:
+                            sums[key] += value
+                            counts[key] += 1
             distributed.average_gradients(params)
             if cfg.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -224,16 +205,16 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.step(params)
-        out = {key: v / count for key, v in sums.items()}
-        out["ratio_dev_before_update"] = ratio_dev_before
+        out = {key: v / counts[key] for key, v in sums.items()}
+        out.update(maxima)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["optimizer_steps"] = float(len(groups))
+        out["optimizer_steps"] = float(len(updates))
         return distributed.mean_over_ranks(out)  # with several ranks: the mean of each rank's figure
 
     def _images_due(self) -> bool:
         """Rank 0 makes a sample grid every ``run.log_images_every`` iterations (default: at checkpoints) and
-        at the last one, when its tracker can log images."""
-        if self.rank != 0 or not callable(getattr(self.tracker, "log_image", None)):
+        at the last one, when it has a tracker."""
+        if self.rank != 0 or self.tracker is None:
             return False
         run = self.config.run
         every = run.checkpoint_every if run.log_images_every is None else run.log_images_every
@@ -243,10 +224,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _stop_requested(self) -> bool:
-        """``should_stop()`` on any rank stops every rank at the same iteration boundary."""
-        if self.should_stop is None:
-            return False
-        flag = float(bool(self.should_stop()))
+        """A callback's ``should_stop`` on any rank stops every rank at the same iteration boundary."""
+        flag = float(any(cb.should_stop(self) for cb in self.callbacks))
         if self.world > 1:
             flag = distributed.mean_over_ranks({"stop": flag})["stop"]
         return flag > 0
@@ -254,18 +233,23 @@ class Trainer:
     def train(self, iterations: int | None = None) -> list[dict[str, float]]:
         """Train until ``iterations`` (default ``run.iterations``) are done; checkpoint every N and at the end.
 
-        Each iteration's metrics go to the tracker at ``step = iteration``; so does a grid of the rollout's
-        images (``samples/rollout``) every ``run.log_images_every`` iterations and at the last one.
+        Each iteration's metrics (with what the callbacks' ``on_step_end`` add) go to the tracker at
+        ``step = iteration``; so does a grid of the rollout's images (``samples/rollout``) every
+        ``run.log_images_every`` iterations and at the last one.
 
-        When ``should_stop()`` turns true the current iteration finishes, a checkpoint is written and
-        ``stopped`` is set, so a cancelled run resumes exactly where it stopped.
+        When a callback's ``should_stop`` turns true the current iteration finishes, a checkpoint is
+        written and ``stopped`` is set, so a cancelled run resumes exactly where it stopped.
         """
         cfg = self.config.run
         until = iterations if iterations is not None else cfg.iterations
         self._until = until
         history = []
-        bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=not cfg.progress or self.rank > 0, unit="it")
+        # a bar only on a terminal (disable=None): in a log file it would be a stream of carriage returns
+        quiet = True if not cfg.progress or self.rank > 0 else None
+        bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=quiet, unit="it")
         try:
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
             while self.iteration < until:
                 if self._stop_requested():
                     self.stopped = True
@@ -273,22 +257,30 @@ class Trainer:
                         self.save_checkpoint()
                     break
                 metrics = self.step()
-                if self.after_step is not None:
-                    metrics.update(self.after_step(self, metrics) or {})
-                if self.tracker is not None:
-                    self.tracker.log_metrics(metrics, step=self.iteration)
-                if self._grid is not None:
-                    grid, self._grid = self._grid, None
-                    self.tracker.log_image(grid, "samples/rollout", step=self.iteration)
+                for cb in self.callbacks:
+                    metrics.update(cb.on_step_end(self, metrics) or {})
+                self._log(metrics)
                 history.append(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}", s_it=f"{metrics['time/iteration']:.1f}")
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == until:
                     self.save_checkpoint()
+            for cb in self.callbacks:
+                cb.on_train_end(self)
         finally:
             bar.close()
             self._until = None
         return history
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=self.iteration)
+            if self._grid is not None:
+                grid, self._grid = self._grid, None
+                self.tracker.log_image(grid, "samples/rollout", step=self.iteration)
+        if self.rank == 0:
+            for cb in self.callbacks:
+                cb.on_log(self, metrics)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -296,8 +288,8 @@ class Trainer:
         path = self.ckpt_dir / f"iter_{self.iteration:06d}"
         if self.rank == 0:
             path = self._write_checkpoint()
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(path, self.iteration)
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, path)
         distributed.barrier()
         self._saved_iteration = self.iteration
         return path
@@ -312,26 +304,30 @@ class Trainer:
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, tmp / "rng.pt")
-            state = {"iteration": self.iteration, "prompts": self.prompts.state_dict(), "config": self.config.model_dump(mode="json")}
+            state = {"iteration": self.iteration, "data": self.data.state_dict(), **self.checkpoint_metadata}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
 
         return save_checkpoint(self.ckpt_dir, self.iteration, write)
 
     def load_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Restore weights, optimizer, EMA, RNG, data position and iteration (default: the newest complete)."""
+        """Restore weights, optimizer, EMA, RNG, data position and iteration (default: the newest complete).
+
+        Every file is read with ``weights_only=True``: tensors and plain containers only, never a pickled
+        object, so a checkpoint from someone else cannot run code here.
+        """
         path = Path(path) if path is not None else latest_checkpoint(self.ckpt_dir)
         if path is None:
             raise FileNotFoundError(f"no complete checkpoint under {self.ckpt_dir}")
         self.policy.load_trainable(path / "trainable")
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         if self.ema is not None and (path / "ema.pt").is_file():
-            self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
-        rng = torch.load(path / "rng.pt", weights_only=False)
+            self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         state = json.loads((path / "trainer_state.json").read_text())
         self.iteration = self._saved_iteration = int(state["iteration"])
-        self.prompts.load_state_dict(state["prompts"])
+        self.data.load_state_dict(state["data"] if "data" in state else state["prompts"])  # "prompts": before 0.2
         self.resumed_from = path
         return path

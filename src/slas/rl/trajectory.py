@@ -1,10 +1,9 @@
-"""What a rollout hands the trainer, and the policy protocol the trainer knows (never a concrete model)."""
+"""What a rollout hands the trainer: the sampled images, their groups and the recorded denoising chains."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,12 +46,19 @@ class Trajectory:
 
 @dataclass
 class Rollout:
-    """Images [N, 3, H, W] in [0, 1], their prompts and group ids, and the trajectory that made them."""
+    """Images [N, 3, H, W] in [0, 1], their prompts and group ids, and the trajectory that made them.
+
+    ``group_ids`` number the groups of the batch (what advantages compare); ``keys`` are the data
+    source's key of each sample's group and ``conditions`` its group's conditions, one value per sample
+    (handed to the reward as keyword arguments).
+    """
 
     images: Tensor
     prompts: list[str]
     group_ids: Tensor
     trajectory: Trajectory
+    keys: list[str] = field(default_factory=list)
+    conditions: dict[str, list[Any]] = field(default_factory=dict)
 
     @staticmethod
     def cat(parts: list[Rollout]) -> Rollout:
@@ -61,28 +67,6 @@ class Rollout:
             prompts=[x for p in parts for x in p.prompts],
             group_ids=torch.cat([p.group_ids for p in parts]),
             trajectory=Trajectory.cat([p.trajectory for p in parts]),
+            keys=[k for p in parts for k in p.keys],
+            conditions={k: [v for p in parts for v in p.conditions[k]] for k in parts[0].conditions},
         )
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """The protocol ``slas.rl.trainer.Trainer`` trains."""
-
-    num_steps: int
-
-    def rollout(self, prompts: list[str], *, group_size: int, seed: int) -> Rollout:
-        """Sample ``group_size`` images per prompt with log-probs (no grad)."""
-
-    def step_log_prob(self, trajectory: Trajectory, indices: Tensor, step: int | Tensor) -> Tensor:
-        """Log-prob of the recorded transition ``step`` (int, or one per index) under the current weights."""
-
-    def step_distribution(
-        self, trajectory: Trajectory, indices: Tensor, step: int | Tensor, *, reference: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean, std, log_prob) of that transition; ``reference=True`` uses the frozen initial weights."""
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
-
-    def save_trainable(self, directory: Path) -> None: ...
-
-    def load_trainable(self, directory: Path) -> None: ...

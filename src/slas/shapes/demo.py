@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from slas.config import SLASConfig, config_from_dict
 from slas.eval.geneval import GENEVAL_TAGS
+from slas.images import make_grid, to_pil
+from slas.rl.protocols import Callback, Policy
 from slas.rl.trainer import Trainer
 from slas.shapes import assets
-from slas.shapes.evaluate import evaluate_pipeline, expand, generate
+from slas.shapes.evaluate import evaluate_with, expand
 from slas.shapes.models import IMAGE_SIZE, TEXT_MAX_LENGTH
 from slas.shapes.prompts import metadata
 
@@ -76,6 +77,9 @@ def demo_config(name: str, rl: dict[str, Any], plan: DemoPlan, *, out_dir: Path,
     })
 
 
+EVAL_BATCH = 128  # images per pipeline call when evaluating
+
+
 class Evaluator:
     """Held-out scores of a pipeline: the judge (GenEval-style, per tag) and the proxy reward's mean."""
 
@@ -87,10 +91,10 @@ class Evaluator:
         self.plan = plan
         self.seed = seed
 
-    def __call__(self, pipe, reward: Callable[..., dict[str, Tensor]]) -> tuple[dict[str, Any], Tensor]:
-        judge, images, _ = evaluate_pipeline(
-            pipe, self.records, images_per_prompt=self.plan.eval_images_per_prompt,
-            num_steps=self.plan.num_steps, seed=self.seed,
+    def __call__(self, policy: Policy, reward: Callable[..., dict[str, Tensor]]) -> tuple[dict[str, Any], Tensor]:
+        judge, images, _ = evaluate_with(
+            lambda prompts, seeds: policy.generate(prompts, seeds, batch_size=EVAL_BATCH), self.records,
+            images_per_prompt=self.plan.eval_images_per_prompt, seed=self.seed,
         )
         recs, _ = expand(self.records, self.plan.eval_images_per_prompt, self.seed)
         proxy = reward(images, [r["prompt"] for r in recs])
@@ -103,6 +107,39 @@ def _flat(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+class EvalCallback(Callback):
+    """Evaluates held-out prompts at the start (or takes the shared ``before``), every ``plan.eval_every``
+    iterations and at the last one; results go into the iteration's metrics and ``evals``. With ``grids``,
+    writes ``grid_before.png`` once before training."""
+
+    def __init__(self, evaluator: Evaluator, until: int, before: dict[str, Any] | None, grids: Path | None) -> None:
+        self.evaluator = evaluator
+        self.until = until
+        self.before = before
+        self.grids = grids
+        self.evals: list[dict[str, Any]] = []
+
+    def _evaluate(self, trainer: Trainer) -> dict[str, float]:
+        result, _ = self.evaluator(trainer.policy, trainer.reward)
+        self.evals.append({"iteration": trainer.iteration, **result})
+        return _flat(result)
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.grids is not None and not (self.grids / "grid_before.png").is_file():
+            save_grid(trainer.policy, self.grids / "grid_before.png", self.evaluator.seed)
+        if self.before is None:
+            metrics0 = self._evaluate(trainer)
+        else:
+            self.evals.append({"iteration": 0, **self.before})
+            metrics0 = _flat(self.before)
+        if trainer.tracker is not None:
+            trainer.tracker.log_metrics(metrics0, step=0)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> dict[str, float] | None:
+        due = trainer.iteration % self.evaluator.plan.eval_every == 0 or trainer.iteration == self.until
+        return self._evaluate(trainer) if due else None
+
+
 def post_train(config: SLASConfig, evaluator: Evaluator, *, before: dict[str, Any] | None = None,
                store=None, grids: Path | None = None) -> dict[str, Any]:
     """Train one method as a store job, evaluating every ``plan.eval_every`` iterations.
@@ -113,35 +150,11 @@ def post_train(config: SLASConfig, evaluator: Evaluator, *, before: dict[str, An
     """
     from slas.run import run_training
 
-    evals: list[dict[str, Any]] = []
-
-    def evaluate(trainer: Trainer) -> dict[str, float]:
-        result, _ = evaluator(trainer.policy.pipe, trainer.reward)
-        evals.append({"iteration": trainer.iteration, **result})
-        return _flat(result)
-
-    def configure(trainer: Trainer) -> None:
-        if grids is not None and not (grids / "grid_before.png").is_file():
-            save_grid(trainer.policy.pipe, grids / "grid_before.png", evaluator.plan, evaluator.seed)
-        if before is None:
-            metrics0 = evaluate(trainer)
-        else:
-            evals.append({"iteration": 0, **before})
-            metrics0 = _flat(before)
-        if trainer.tracker is not None:
-            trainer.tracker.log_metrics(metrics0, step=0)
-        every, until = evaluator.plan.eval_every, config.run.iterations
-
-        def after_step(tr: Trainer, metrics: dict[str, float]) -> dict[str, float] | None:
-            return evaluate(tr) if tr.iteration % every == 0 or tr.iteration == until else None
-
-        trainer.after_step = after_step
-
-    outcome = run_training(config, store=store, configure=configure)
+    evals = EvalCallback(evaluator, config.run.iterations, before, grids)
+    outcome = run_training(config, store=store, callbacks=[evals])
     if grids is not None:
-        save_grid(outcome.trainer.policy.pipe, grids / f"grid_after_{config.run.name}.png", evaluator.plan,
-                  evaluator.seed)
-    return {"evals": evals, "metrics": _read_history(config), "status": outcome.status, "job_id": outcome.job_id}
+        save_grid(outcome.trainer.policy, grids / f"grid_after_{config.run.name}.png", evaluator.seed)
+    return {"evals": evals.evals, "metrics": _read_history(config), "status": outcome.status, "job_id": outcome.job_id}
 
 
 def _read_history(config: SLASConfig) -> list[dict[str, Any]]:
@@ -153,33 +166,20 @@ def _read_history(config: SLASConfig) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- outputs
 
 
-def _grid(images: Tensor, cols: int = 8, scale: int = 4):
-    """A PIL grid of [N, 3, H, W] images in [0, 1], upscaled with nearest neighbours."""
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    rows = (n + cols - 1) // cols
-    canvas = torch.ones(3, rows * (h + 2), cols * (w + 2))
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = img
-    arr = (canvas.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-    im = Image.fromarray(arr)
-    return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-
-
 def grid_prompts(per_tag: int = 4) -> list[dict]:
     """A fixed slice of test prompts for the sample grids: ``per_tag`` of every tag."""
     test = metadata("test")
     return [r for tag in GENEVAL_TAGS for r in [x for x in test if x["tag"] == tag][:per_tag]]
 
 
-def save_grid(pipe, path: Path, plan: DemoPlan, seed: int = 0) -> None:
-    recs = grid_prompts()
-    recs, seeds = expand(recs, 2, seed)
-    pipe.set_progress_bar_config(disable=True)
-    images = generate(pipe, [r["prompt"] for r in recs], seeds, num_steps=plan.num_steps)
-    _grid(images, cols=8).save(path)
+def save_grid(policy: Policy, path: Path, seed: int = 0, scale: int = 4) -> None:
+    """Two samples of each :func:`grid_prompts` prompt, 8 a row, upscaled ``scale`` times (nearest)."""
+    from PIL import Image
+
+    recs, seeds = expand(grid_prompts(), 2, seed)
+    images = policy.generate([r["prompt"] for r in recs], seeds, batch_size=EVAL_BATCH)
+    im = to_pil(make_grid(images, nrow=8))
+    im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST).save(path)
 
 
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
@@ -280,4 +280,4 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, seed: in
     return report
 
 
-__all__ = ["FULL", "METHODS", "QUICK", "DemoPlan", "Evaluator", "demo_config", "post_train", "run_demo"]
+__all__ = ["FULL", "METHODS", "QUICK", "DemoPlan", "EvalCallback", "Evaluator", "demo_config", "post_train", "run_demo"]

@@ -6,7 +6,7 @@ so "before" and "after" scores of two methods see the same initial noise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -41,15 +41,27 @@ def expand(records: Sequence[dict], images_per_prompt: int, seed: int = 0) -> tu
     return recs, [seed * 1_000_003 + i for i in range(len(recs))]
 
 
+def evaluate_with(
+    generate_fn: Callable[[list[str], list[int]], Tensor], records: Sequence[dict], *, images_per_prompt: int = 4,
+    seed: int = 0,
+) -> tuple[dict[str, float], Tensor, list[bool]]:
+    """GenEval-style scores (per tag + ``overall``), the images and the per-image verdicts, for any
+    deterministic ``generate_fn(prompts, seeds)`` (a policy's ``generate``, or :func:`generate` on a pipeline)."""
+    recs, seeds = expand(records, images_per_prompt, seed)
+    images = generate_fn([r["prompt"] for r in recs], seeds)
+    verdicts = judge(images, recs)
+    return summarize([r["tag"] for r in recs], verdicts), images, verdicts
+
+
 def evaluate_pipeline(
     pipe, records: Sequence[dict], *, images_per_prompt: int = 4, num_steps: int = 10, seed: int = 0,
     batch_size: int = 128,
 ) -> tuple[dict[str, float], Tensor, list[bool]]:
-    """GenEval-style scores (per tag + ``overall``), the images and the per-image verdicts."""
-    recs, seeds = expand(records, images_per_prompt, seed)
+    """:func:`evaluate_with` on a bare pipeline (pretraining has no policy around it)."""
     was_disabled = getattr(pipe, "_progress_bar_config", {}).get("disable", False)
     pipe.set_progress_bar_config(disable=True)
-    images = generate(pipe, [r["prompt"] for r in recs], seeds, num_steps=num_steps, batch_size=batch_size)
-    pipe.set_progress_bar_config(disable=was_disabled)
-    verdicts = judge(images, recs)
-    return summarize([r["tag"] for r in recs], verdicts), images, verdicts
+    try:
+        return evaluate_with(lambda p, s: generate(pipe, p, s, num_steps=num_steps, batch_size=batch_size), records,
+                             images_per_prompt=images_per_prompt, seed=seed)
+    finally:
+        pipe.set_progress_bar_config(disable=was_disabled)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from slas.config import ModelConfig, SampleConfig
 from slas.preflight import resolve_model_path
+from slas.rl.protocols import Group, GroupLike, as_groups
 from slas.rl.trajectory import Rollout, Trajectory
 from slas.t2i.sde import gaussian_log_prob, sample_or_score
 from slas.torch_utils import DTYPES, resolve_device
@@ -46,8 +50,7 @@ class _StepRecorder:
         self.log_probs: list[Tensor] = []
 
     def __call__(self, scheduler, model_output: Tensor, sample: Tensor) -> Tensor:
-        i = len(self.log_probs)
-        mean, std = self.policy._transition(i, model_output, sample, self.policy._schedule(scheduler))
+        mean, std = self.policy.scheduled_transition(scheduler, len(self.log_probs), model_output, sample)
         prev, log_prob = sample_or_score(mean, std, None, self.generator, sample.dtype)
         if not self.latents:
             self.latents.append(sample)
@@ -106,9 +109,9 @@ class DiffusionPolicy(abc.ABC):
             params = [p for n, p in net.named_parameters() if "lora_" in n]
         else:
             params = list(net.parameters())
-        for p in params:  # float32 master weights; the forward autocasts to model.dtype
-            p.data = p.data.float()
+        for p in params:
             p.requires_grad_(True)
+        cast_training_params(net, torch.float32)  # float32 master weights; the forward autocasts to model.dtype
         self._params = params
         if model.gradient_checkpointing:
             net.enable_gradient_checkpointing()
@@ -172,28 +175,34 @@ class DiffusionPolicy(abc.ABC):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
+    def scheduled_transition(self, scheduler, step: int, model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, std) of rollout step ``step`` under ``scheduler`` (the recording copy, timesteps set)."""
+        return self._transition(step, model_output, sample, self._schedule(scheduler))
+
     @torch.no_grad()
-    def rollout(self, prompts: list[str], *, group_size: int, seed: int) -> Rollout:
-        """``group_size`` images per prompt; ``groups_per_call`` groups go through one pipeline call.
+    def rollout(self, groups: Sequence[GroupLike], *, group_size: int, seed: int) -> Rollout:
+        """``group_size`` images per group; ``groups_per_call`` groups go through one pipeline call.
 
         Group j draws all its noise from generators seeded by ``(seed + j, sample)``, so a group's images do
         not depend on how groups are chunked into calls or split across ranks.
         """
+        groups = as_groups(groups)
         per_call = self.sample_cfg.groups_per_call
         parts = [
-            self._rollout_call(prompts[s : s + per_call], group_size, seed, group_offset=s)
-            for s in range(0, len(prompts), per_call)
+            self._rollout_call(groups[s : s + per_call], group_size, seed, group_offset=s)
+            for s in range(0, len(groups), per_call)
         ]
         return Rollout.cat(parts)
 
-    def _rollout_call(self, prompts: list[str], group_size: int, seed: int, group_offset: int) -> Rollout:
+    def _rollout_call(self, groups: list[Group], group_size: int, seed: int, group_offset: int) -> Rollout:
+        prompts = [g.prompt for g in groups]
         n = len(prompts) * group_size
-        groups = range(seed + group_offset, seed + group_offset + len(prompts))
-        generator = [torch.Generator("cpu").manual_seed(_seed_for(g, i)) for g in groups for i in range(group_size)]
+        seeds = range(seed + group_offset, seed + group_offset + len(prompts))  # one per group
+        generator = [torch.Generator("cpu").manual_seed(_seed_for(g, i)) for g in seeds for i in range(group_size)]
         cond, shared = self._encode(prompts)
         cond = {k: v.repeat_interleave(group_size, dim=0) for k, v in cond.items()}
         if self.sample_cfg.shared_noise:
-            per_group = [torch.Generator("cpu").manual_seed(_seed_for(g, -1)) for g in groups]
+            per_group = [torch.Generator("cpu").manual_seed(_seed_for(g, -1)) for g in seeds]
             noise = self._initial_noise(len(prompts), per_group).repeat_interleave(group_size, dim=0)
         else:
             noise = self._initial_noise(n, generator)
@@ -227,7 +236,51 @@ class DiffusionPolicy(abc.ABC):
         )
         group_ids = torch.arange(group_offset, group_offset + len(prompts)).repeat_interleave(group_size)
         expanded = [p for p in prompts for _ in range(group_size)]
-        return Rollout(images=images.float().clamp(0, 1), prompts=expanded, group_ids=group_ids, trajectory=traj)
+        keys = [g.key for g in groups for _ in range(group_size)]
+        conditions = {k: [g.conditions[k] for g in groups for _ in range(group_size)] for k in groups[0].conditions}
+        return Rollout(images=images.float().clamp(0, 1), prompts=expanded, group_ids=group_ids, trajectory=traj,
+                       keys=keys, conditions=conditions)
+
+    @torch.no_grad()
+    def generate(self, groups: Sequence[GroupLike], seeds: Sequence[int], *, batch_size: int = 8) -> Tensor:
+        """[N, 3, H, W] float CPU images in [0, 1], one per (group, seed), with the pipeline's deterministic
+        sampler (DDIM with eta 0, the flow Euler ODE) at the policy's resolution, steps and guidance.
+
+        Each image's initial noise comes from a CPU generator seeded with its seed, so it does not depend on
+        the batch it is rendered in, the device, or the weights.
+        """
+        prompts = [g.prompt for g in as_groups(groups)]
+        if len(prompts) != len(seeds):
+            raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
+        net = self.denoiser
+        was_training = net.training
+        net.eval()
+        try:
+            parts = [self._generate_batch(prompts[i : i + batch_size], seeds[i : i + batch_size])
+                     for i in range(0, len(prompts), batch_size)]
+        finally:
+            net.train(was_training)
+        return torch.cat(parts) if parts else torch.zeros(0, 3, self.sample_cfg.resolution, self.sample_cfg.resolution)
+
+    def _generate_batch(self, prompts: list[str], seeds: Sequence[int]) -> Tensor:
+        cfg = self.sample_cfg
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "height": cfg.resolution,
+            "width": cfg.resolution,
+            "num_inference_steps": cfg.num_steps,
+            "guidance_scale": cfg.guidance_scale,
+            "generator": [torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            "output_type": "pt",
+            "max_sequence_length": cfg.max_sequence_length,
+            "eta": 0.0,  # DDIM: deterministic
+        }
+        if cfg.negative_prompt:
+            kwargs["negative_prompt"] = [cfg.negative_prompt] * len(prompts)
+        accepted = inspect.signature(self.pipe.__call__).parameters
+        with self._autocast():
+            images = self.pipe(**{k: v for k, v in kwargs.items() if k in accepted}).images
+        return images.float().clamp(0, 1).cpu()
 
     @contextlib.contextmanager
     def _net(self, reference: bool) -> Iterator[torch.nn.Module]:
@@ -291,5 +344,4 @@ class DiffusionPolicy(abc.ABC):
             for f in files:
                 state.update(load_file(f))
             net.load_state_dict(state, strict=True)
-        for p in self._params:
-            p.data = p.data.float()
+        cast_training_params(net, torch.float32)

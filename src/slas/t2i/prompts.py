@@ -1,11 +1,16 @@
-"""Prompt sets from .txt (one prompt a line), .jsonl (a field per record) or .csv (a column)."""
+"""Prompt sets from .txt (one prompt a line), .jsonl (a field per record) or .csv (a column), and the
+text-to-image data source that draws them as rollout groups."""
 
 from __future__ import annotations
 
 import csv
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from slas.rl.protocols import Group
 
 _DEFAULT_FIELDS = ("prompt", "prompt_en", "text", "caption")
 
@@ -37,12 +42,14 @@ def load_prompts(path: str | Path, field: str | None = None) -> list[str]:
     return prompts
 
 
-class PromptSampler:
-    """Draws prompts epoch by epoch (reshuffled with a seeded RNG); its position is checkpointable."""
+class PromptSource:
+    """The text-to-image :class:`~slas.rl.protocols.DataSource`: prompts drawn epoch by epoch (reshuffled
+    with a seeded RNG), each a group keyed by its position in the prompt file (so two lines with the same
+    text are two items); the position in the epoch is checkpointable."""
 
     def __init__(self, prompts: list[str], *, shuffle: bool = True, seed: int = 0) -> None:
         if not prompts:
-            raise ValueError("PromptSampler needs at least one prompt")
+            raise ValueError("PromptSource needs at least one prompt")
         self.prompts = list(prompts)
         self.shuffle = shuffle
         self.seed = seed
@@ -50,27 +57,32 @@ class PromptSampler:
         self.position = 0
         self._order = self._make_order()
 
+    @classmethod
+    def from_file(cls, path: str | Path, field: str | None = None, *, shuffle: bool = True, seed: int = 0) -> PromptSource:
+        return cls(load_prompts(path, field), shuffle=shuffle, seed=seed)
+
     def _make_order(self) -> list[int]:
         order = list(range(len(self.prompts)))
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         return order
 
-    def next(self, k: int) -> list[str]:
+    def next(self, k: int) -> list[Group]:
         out = []
         for _ in range(k):
             if self.position >= len(self._order):
                 self.epoch += 1
                 self.position = 0
                 self._order = self._make_order()
-            out.append(self.prompts[self._order[self.position]])
+            index = self._order[self.position]
+            out.append(Group(key=str(index), prompt=self.prompts[index]))
             self.position += 1
         return out
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._order = self._make_order()

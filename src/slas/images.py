@@ -1,0 +1,70 @@
+"""Images between torch and PIL, with one rounding rule, and image grids.
+
+Everything in slas passes images as float tensors [N, 3, H, W] (or [3, H, W]) in [0, 1]. Converting to 8
+bits rounds to the nearest level (``round(x * 255)``, as diffusers' ``numpy_to_pil``), everywhere: a PNG
+that slas writes holds exactly :func:`quantize` of the tensor, so scoring the saved file and scoring the
+quantized tensor give the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def quantize(images: Tensor) -> Tensor:
+    """The float image(s) a PNG of ``images`` holds: clamped to [0, 1] and rounded to 1/255 steps."""
+    return (images.detach().float().clamp(0, 1) * 255).round() / 255
+
+
+def to_uint8(image: Any) -> np.ndarray:
+    """An HWC (or HW) uint8 array from a PIL image, an array, or a CHW/HWC tensor in [0, 1] or uint8."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image)
+    if isinstance(image, Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+            image = image.permute(1, 2, 0)
+        image = image.float().numpy() if image.dtype != torch.uint8 else image.numpy()
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.round(np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return arr
+
+
+def to_pil(image: Any) -> Image.Image:
+    """A PIL image from a PIL image, an array, or a CHW/HWC tensor in [0, 1] or uint8 (rounded to 8 bits)."""
+    if isinstance(image, Image.Image):
+        return image
+    return Image.fromarray(to_uint8(image))
+
+
+def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
+    """A float [3, H, W] tensor in [0, 1] from a PIL image (any mode) or an HWC uint8 array."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).float() / 255.0
+
+
+def load_image(path: Any) -> Tensor:
+    """A float [3, H, W] tensor in [0, 1] of the image file at ``path`` (converted to RGB)."""
+    with Image.open(path) as img:
+        return to_tensor(img)
+
+
+def make_grid(images: Tensor | Sequence[Tensor], *, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """A [3, H, W] grid of same-sized images in [0, 1], ``nrow`` per row (torchvision's ``make_grid``)."""
+    from torchvision.utils import make_grid as tv_make_grid
+
+    batch = images if isinstance(images, Tensor) else torch.stack(list(images))
+    return tv_make_grid(batch.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=padding, pad_value=pad_value)
