@@ -1,8 +1,8 @@
 """Assemble a training run from a config (preflight, policy, reward, data, tracker, trainer) and run it
 as a job: recorded in the job store, stopped gracefully by SIGTERM, its checkpoints registered.
 
-This is the one place that knows both the concrete models (``POLICIES``) and the platform (store,
-MLflow); the trainer it builds knows neither.
+This is where the concrete models (``slas.policies``) meet the platform (store, MLflow); the trainer it
+builds knows neither.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from slas.config import SLASConfig, flatten
 from slas.errors import SlasError, one_line
 from slas.platform.tracking import MLflowTracker, TeeTracker, TrackingError, make_tracker, read_metrics
+from slas.policies import load_policy
 from slas.preflight import preflight
 from slas.rewards import build
 from slas.rl import distributed
@@ -34,14 +35,11 @@ from slas.rl.callbacks import IterationLog
 from slas.rl.checkpoint import latest_checkpoint, list_checkpoints
 from slas.rl.protocols import Callback
 from slas.rl.trainer import Trainer
-from slas.t2i.flux import FluxPolicy
 from slas.t2i.prompts import PromptSource
-from slas.t2i.sd import SDPolicy
 
 if TYPE_CHECKING:
     from slas.platform.db import Store
 
-POLICIES = {"sd": SDPolicy, "flux": FluxPolicy}
 SCORE_METRIC = "reward/total/mean"  # what decides which registered model version is "best"
 # what a run leaves in its run dir; a fresh (not resumed) run in a used dir moves them aside first
 _RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "params.json", "images", "artifacts",
@@ -76,9 +74,7 @@ def build_trainer(
         check_resumable(config)
     data = PromptSource.from_file(config.data.prompts, config.data.field, shuffle=config.data.shuffle, seed=config.run.seed)
     reward = build(config.reward)
-    policy = POLICIES[config.model.family].from_pretrained(
-        config.model, config.sample, keep_reference=config.train.kl_coef > 0
-    )
+    policy = load_policy(config.model, config.sample, keep_reference=config.train.kl_coef > 0)
     tracker = None
     if rank == 0:  # one writer per run
         run_dir = config.run_dir

@@ -220,10 +220,10 @@ def plan_sample_set(
 
 def load_policy(source: CheckpointSource) -> Any:
     """The run's policy with the checkpoint's trained weights (full or LoRA) loaded; the base model for ``base``."""
-    from slas.run import POLICIES
+    from slas.policies import load_policy as load_family
 
     cfg = source.config
-    policy = POLICIES[cfg.model.family].from_pretrained(cfg.model, cfg.sample, keep_reference=False)
+    policy = load_family(cfg.model, cfg.sample)
     if source.path is not None:
         policy.load_trainable(source.path / "trainable")
     return policy
