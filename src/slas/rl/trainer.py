@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.training_utils import EMAModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -97,7 +96,11 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         params = policy.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay)
-        self.ema = EMAModel(params, decay=t.ema.decay) if t.ema.enabled else None
+        self.ema = None
+        if t.ema.enabled:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(params, decay=t.ema.decay)
         self.iteration = 0
         self.timers: dict[str, float] = defaultdict(float)
         self.rank, self.world = distributed.rank_and_world()
