@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from slas.bench import machine
 from slas.shapes.demo import DemoPlan, Evaluator, demo_config, post_train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -135,14 +135,6 @@ def markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                  _pm(s["judge_after"], 3, False), f"{s['hacked']}/{s['seeds']}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} ({os.cpu_count()} CPU cores)"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def run_hacking(seeds: int = 3, *, out: str | Path = "runs/bench_hacking", results_md: str | Path | None = None,

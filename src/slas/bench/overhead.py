@@ -9,7 +9,6 @@ advantages, optimizer, Python) is overhead. Goal: ratio <= 1.15.
 from __future__ import annotations
 
 import contextlib
-import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from slas.bench import machine
 from slas.config import config_from_dict
 from slas.rewards.registry import register, unregister
 from slas.run import build_trainer
@@ -135,10 +135,10 @@ def run_overhead_bench(iterations: int = 3, threads: int = 0) -> OverheadReport:
             for _ in range(iterations):
                 trainer.step()
             wall = time.perf_counter() - start
+            trainer.tracker.close()  # the bench's MLflow run ends FINISHED, not left RUNNING
     finally:
         torch.Tensor.backward = original_backward
         unregister(BENCH_REWARD)
     order = ["unet forward (sample)", "unet forward (train)", "backward (train)", "vae decode", "reward"]
     parts = {k: clock.totals.get(k, 0.0) for k in order}
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    return OverheadReport(iterations=iterations, wall=wall, parts=parts, machine=machine)
+    return OverheadReport(iterations=iterations, wall=wall, parts=parts, machine=machine())

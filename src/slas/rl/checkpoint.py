@@ -23,20 +23,23 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def save_checkpoint(root: str | Path, iteration: int, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmpdir)`` then publish it as ``root/iter_XXXXXX`` in one rename."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"iter_{iteration:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-iter_{iteration:06d}-", dir=root))
+def write_directory(dest: str | Path, write: Callable[[Path], None]) -> Path:
+    """Publish a directory atomically: ``write(tmpdir)`` into a hidden temp sibling, fsync, then rename
+    over ``dest`` in one step.
+
+    A crash leaves either the old ``dest`` or the new one, never a half-written one (the temp sibling,
+    ``.tmp-<name>-*``, is removed on any error).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
         write(tmp)
-        (tmp / MARKER).write_text(str(iteration))
         _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        dir_fd = os.open(root, os.O_RDONLY)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -44,7 +47,17 @@ def save_checkpoint(root: str | Path, iteration: int, write: Callable[[Path], No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return dest
+
+
+def save_checkpoint(root: str | Path, iteration: int, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmpdir)``, add the ``COMPLETE`` marker, then publish it as ``root/iter_XXXXXX`` in one rename."""
+
+    def write_marked(tmp: Path) -> None:
+        write(tmp)
+        (tmp / MARKER).write_text(str(iteration))
+
+    return write_directory(Path(root) / f"iter_{iteration:06d}", write_marked)
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

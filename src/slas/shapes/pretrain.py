@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from slas.rl.checkpoint import write_directory
 from slas.shapes import assets
 from slas.shapes.models import (
     IMAGE_SIZE,
@@ -151,16 +151,12 @@ def _log(msg: str) -> None:
 
 
 def _warmup_cosine(opt: torch.optim.Optimizer, total: int, floor: float = 0.05):
-    """Linear warm-up over 5% of the steps, then cosine decay to ``floor`` x the peak rate."""
-    warmup = max(1, total // 20)
+    """Linear warm-up over 5% of the steps, then cosine decay to ``floor`` x the peak rate (transformers')."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        opt, num_warmup_steps=max(1, total // 20), num_training_steps=total, min_lr_rate=floor
+    )
 
 
 def _batches(n: int, batch: int, steps: int, device: torch.device, seed: int) -> Iterator[Tensor]:
@@ -201,7 +197,7 @@ def train_vae(cfg: PretrainConfig, images: Tensor, device: torch.device, out_dir
         judged = float(np.mean(judge(recon.cpu(), recs)))
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     _log(f"vae: judge accepts {judged:.1%} of reconstructions; shift {shift:.4f} scale {scale:.4f}")
-    _save_dir(out_dir / assets.T2I / "vae", vae.cpu().save_pretrained)
+    write_directory(out_dir / assets.T2I / "vae", vae.cpu().save_pretrained)
     return {"vae": vae, "judge_on_reconstructions": judged, "shift_factor": shift, "scaling_factor": scale}
 
 
@@ -235,7 +231,7 @@ def _text_embeddings(pipe, clip_ids: Tensor, t5_ids: Tensor) -> tuple[Tensor, Te
 
 def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], device: torch.device,
               out_dir: Path) -> dict:
-    from diffusers.training_utils import EMAModel
+    from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 
     from slas.shapes.evaluate import evaluate_pipeline
 
@@ -260,7 +256,8 @@ def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], 
         ref, ref_pooled, _ = pipe.encode_prompt(unique[:4], unique[:4], device=device,
                                                 max_sequence_length=TEXT_MAX_LENGTH)
         fast, fast_pooled = _text_embeddings(pipe, clip_ids[:4], t5_ids[:4])
-        assert torch.allclose(ref, fast, atol=1e-5) and torch.allclose(ref_pooled, fast_pooled, atol=1e-5)
+    if not (torch.allclose(ref, fast, atol=1e-5) and torch.allclose(ref_pooled, fast_pooled, atol=1e-5)):
+        raise RuntimeError("pretrain: the fast text path no longer encodes as FluxPipeline.encode_prompt does")
     test = metadata("test")[: cfg.eval_limit or None]
     side = IMAGE_SIZE // pipe.vae_scale_factor
     img_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)
@@ -285,7 +282,9 @@ def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], 
         x0 = pipe._pack_latents(x0, b, c, h, w)
         pid = prompt_ids[idx]
         noise = torch.randn(x0.shape, generator=gen, device=device)
-        sigma = torch.sigmoid(torch.randn(b, generator=gen, device=device))  # logit-normal, as SD3/FLUX
+        sigma = compute_density_for_timestep_sampling(  # logit-normal, as SD3/FLUX
+            "logit_normal", b, logit_mean=0.0, logit_std=1.0, device=device, generator=gen
+        )
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         embeds, pooled = _text_embeddings(pipe, clip_ids[pid], t5_ids[pid])
         pred = pipe.transformer(
@@ -317,7 +316,7 @@ def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], 
     final, _, _ = evaluate_pipeline(pipe, test, images_per_prompt=cfg.final_images_per_prompt, num_steps=cfg.num_steps)
     _log(f"t2i final (EMA, {cfg.final_images_per_prompt} images/prompt): {final}")
     pipe.to("cpu")
-    _save_dir(out_dir / assets.T2I, pipe.save_pretrained)
+    write_directory(out_dir / assets.T2I, pipe.save_pretrained)
     return {"steps": step, "seconds": train_seconds, "history": history, "test_scores": final}
 
 
@@ -370,7 +369,7 @@ def train_proxy_clip(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
         tokenizer.save_pretrained(path)
         processor.save_pretrained(path)
 
-    _save_dir(out_dir / assets.CLIP, save)
+    write_directory(out_dir / assets.CLIP, save)
     return {"steps": cfg.proxy_steps, "pairs": cfg.proxy_pairs, "seconds": time.time() - t0}
 
 
@@ -456,25 +455,14 @@ def train_preference(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
     def save(path: Path) -> None:
         from safetensors.torch import save_file
 
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         (path / "open_clip_config.json").write_text(json.dumps(PREFERENCE_OPEN_CLIP_CONFIG, indent=2))
         state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(path / assets.PREFERENCE_WEIGHTS))
 
-    _save_dir(out_dir / assets.PREFERENCE, save)
+    write_directory(out_dir / assets.PREFERENCE, save)
     return {"steps": cfg.proxy_steps, "pairs": cfg.preference_pairs, "seconds": time.time() - t0,
             "vividness_bias": cfg.vividness_bias, "wrong_image_preferred": wrong_won}
-
-
-def _save_dir(dest: Path, write) -> None:
-    """Write a directory atomically: into a temp sibling, then rename over ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
