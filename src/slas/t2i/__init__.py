@@ -1,1 +1,2 @@
-"""Text-to-image policies (SD 1.x, FLUX.1), their sampler math and prompt sets."""
+"""Text-to-image: the SD 1.x and FLUX.1 policies (``Policy`` protocol over diffusers pipelines), their
+sampler math (``sde``) and the prompt data source (``prompts``)."""
