@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from slas.rl.advantages import compute_advantages, zero_std_group_ratio
+from slas.rl.advantages import compute_advantages, group_index, group_mean_std, zero_std_group_ratio
 
 REWARDS = [1.0, 2.0, 3.0, 6.0, 0.0, 4.0]
 GROUPS = [0, 0, 0, 0, 1, 1]
@@ -320,3 +320,13 @@ def test_zero_std_group_ratio():
     assert zero_std_group_ratio(r, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.5)
     # groups of one count as flat
     assert zero_std_group_ratio(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 1, 1])) == pytest.approx(0.5)
+
+
+def test_group_mean_std_is_nan_aware_and_unbiased():
+    # groups (ids 9, 2, 5 -> dense 2, 0, 1): [1, 2, 3, 6, NaN] | [0, 4] | [7]
+    values = torch.tensor([1.0, 2.0, 3.0, 6.0, float("nan"), 0.0, 4.0, 7.0], dtype=torch.float64)
+    inverse, num_groups = group_index(torch.tensor([9, 9, 9, 9, 9, 2, 2, 5]))
+    assert num_groups == 3 and inverse.tolist() == [2, 2, 2, 2, 2, 0, 0, 1]
+    mean, std = group_mean_std(values, torch.isfinite(values), inverse, num_groups)
+    _close(mean, [2.0, 7.0, 3.0])
+    _close(std, [math.sqrt(8.0), 0.0, math.sqrt(14.0 / 3.0)])  # a group of one has std 0

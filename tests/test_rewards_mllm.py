@@ -225,7 +225,28 @@ def test_missing_image_conditions_raise_value_error(judge, yesno_judge, batch: d
               product_images=batch["product_images"])
 
 
+def test_role_images_are_rounded_8_bit_even_when_narrow(judge: mllm.QwenVLJudge, batch: dict) -> None:
+    """Images reach the processor as 8-bit PIL images (rounded, as a saved PNG), whatever their width."""
+    import numpy as np
+
+    from slas.images import quantize
+
+    n = batch["images"].shape[0]
+    narrow = torch.rand(n, 3, 5, 3)  # 3 px wide: must not be read as channels-last
+    roles = judge._role_images(narrow, {"person_images": narrow, "product_images": narrow})
+    for role in ("person", "product", "result"):
+        for pil, x in zip(roles[role], narrow, strict=True):
+            assert pil.size == (3, 5) and pil.mode == "RGB"
+            torch.testing.assert_close(torch.from_numpy(np.array(pil)).permute(2, 0, 1) / 255, quantize(x))
+
+
 # --------------------------------------------------------------------------------------- templates
+
+
+def test_template_error_is_a_slas_error_and_a_value_error() -> None:
+    from slas.errors import SlasError
+
+    assert issubclass(mllm.TemplateError, SlasError) and issubclass(mllm.TemplateError, ValueError)
 
 
 def test_builtin_templates_are_versioned_and_parsed() -> None:

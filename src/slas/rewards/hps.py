@@ -20,13 +20,9 @@ from typing import Any
 from torch import Tensor
 
 from slas.preflight import PreflightError, resolve_file
-from slas.rewards.clip import (
-    OpenClipEncoder,
-    check_common_options,
-    check_open_clip_model_name,
-    checked_factory,
-)
-from slas.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from slas.rewards import preprocess as pp
+from slas.rewards.encoders import OpenClipEncoder, check_open_clip_model_name
+from slas.rewards.options import check_common_options, checked_factory
 from slas.rewards.registry import register
 
 __all__ = ["HPS_CHECKPOINT_FILE", "HPS_REPO", "HPSv21Reward"]
@@ -34,13 +30,15 @@ __all__ = ["HPS_CHECKPOINT_FILE", "HPS_REPO", "HPSv21Reward"]
 HPS_REPO = "xswu/HPSv2"
 HPS_CHECKPOINT_FILE = "HPS_v2.1_compressed.pt"
 HPS_MODEL_NAME = "ViT-H-14"
-# HPSv2's validation transform (the size is the model's visual image_size, 224 for ViT-H-14).
-HPS_PREPROCESS = {
-    "mean": OPENAI_CLIP_MEAN,
-    "std": OPENAI_CLIP_STD,
-    "interpolation": "bicubic",
-    "resize_mode": "shortest",
-}
+
+
+def hps_preprocess() -> dict[str, Any]:
+    """HPSv2's validation transform (the size is the model's visual image_size, 224 for ViT-H-14).
+
+    A function, not a constant: the OpenAI mean/std come from transformers, loaded with the reward.
+    """
+    return {"mean": pp.OPENAI_CLIP_MEAN, "std": pp.OPENAI_CLIP_STD, "interpolation": "bicubic",
+            "resize_mode": "shortest"}
 
 
 class HPSv21Reward:
@@ -66,7 +64,7 @@ class HPSv21Reward:
         self.checkpoint = path
         self.encoder = OpenClipEncoder(
             model_name, path, device=device, dtype=dtype, batch_size=batch_size,
-            preprocess=HPS_PREPROCESS, weights_only=weights_only,
+            preprocess=hps_preprocess(), weights_only=weights_only,
         )
 
     @property

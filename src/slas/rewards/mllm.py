@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from slas.errors import SlasError
 from slas.preflight import PreflightError, resolve_model_path
-from slas.rewards.clip import check_common_options, checked_factory, load_image_batch
+from slas.rewards.options import check_common_options, checked_factory, load_image_batch
 from slas.rewards.registry import register
 from slas.torch_utils import resolve_device, resolve_dtype
 
@@ -84,7 +85,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 # ----------------------------------------------------------------------------------------- templates
 
 
-class TemplateError(ValueError):
+class TemplateError(SlasError, ValueError):
     """A judge template is missing or malformed (one line naming the file and the problem)."""
 
 
@@ -216,14 +217,6 @@ def score_from_logits(logits: Tensor, kind: str, token_ids: Sequence[int]) -> Te
     raise ValueError(f"unknown template kind {kind!r}")
 
 
-def _to_pil(image: Tensor) -> Any:
-    """``[3, H, W]`` float in [0, 1] -> RGB PIL image (rounded to uint8, as a saved image would be)."""
-    from PIL import Image
-
-    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)  # uint8 [H, W, 3] -> RGB
-
-
 # --------------------------------------------------------------------------------------------- judge
 
 
@@ -289,7 +282,9 @@ class QwenVLJudge:
     # ------------------------------------------------------------------------------------ inputs
 
     def _role_images(self, images: Tensor, conditions: Mapping[str, Any]) -> dict[str, list[Any]]:
-        """``{role: [N PIL images]}`` for every role a chosen template shows."""
+        """``{role: [N PIL images]}`` for every role a chosen template shows (8-bit, as a saved image)."""
+        from slas.images import to_pil
+
         n = images.shape[0]
         roles = {r for t in self.templates.values() for r in t.roles}
         out: dict[str, list[Any]] = {}
@@ -311,7 +306,8 @@ class QwenVLJudge:
                     out[role] = [b.convert("RGB") for b in batch]
                     continue
                 batch = load_image_batch(batch, n, name=cond)
-            out[role] = [_to_pil(x) for x in batch]
+            # HWC, so that slas.images never mistakes a 3- or 4-pixel-wide image for channels-last
+            out[role] = [to_pil(x.permute(1, 2, 0)) for x in batch]
         return out
 
     def _messages(self, criterion: str, prompt: str, role_images: Mapping[str, list[Any]], i: int) -> list[dict]:
@@ -390,9 +386,8 @@ def _is_pil(x: Any) -> bool:
 
 
 def _size_field(size: Any, name: str) -> int:
-    value = getattr(size, name, None)
-    if value is None and isinstance(size, Mapping):
-        value = size.get(name)
+    """``size[name]`` of an image processor (a dict in transformers 4, a ``SizeDict`` in 5: both have ``get``)."""
+    value = size.get(name) if size is not None else None
     if value is None:
         raise ValueError(f"mllm_judge: the image processor's size has no {name!r} ({size})")
     return int(value)

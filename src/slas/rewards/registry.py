@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from slas.rl.advantages import group_index, group_mean_std
+
 
 class Reward(Protocol):
     def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]: ...
@@ -53,17 +55,15 @@ def preflight(name: str, options: Mapping[str, Any]) -> None:
 
 
 def group_zscore(values: Tensor, group_ids: Tensor, eps: float = 1e-8) -> Tensor:
-    """Z-score ``values`` within each prompt group (NaN-aware; a flat group gives 0, NaN stays NaN)."""
+    """Z-score ``values`` within each prompt group (NaN-aware; a flat group gives 0, NaN stays NaN).
+
+    The group statistics are the advantages' own (:func:`slas.rl.advantages.group_mean_std`).
+    """
     v = values.double()
     valid = torch.isfinite(v)
-    _, inv = torch.unique(group_ids.cpu(), return_inverse=True)
-    n = int(inv.max()) + 1
-    w = valid.double()
+    inv, num_groups = group_index(group_ids.cpu())
+    mean, std = group_mean_std(v, valid, inv, num_groups)
     x = torch.where(valid, v, torch.zeros_like(v))
-    count = torch.zeros(n, dtype=v.dtype).index_add(0, inv, w)
-    mean = torch.zeros(n, dtype=v.dtype).index_add(0, inv, x * w) / count.clamp_min(1)
-    sq = torch.zeros(n, dtype=v.dtype).index_add(0, inv, (x - mean[inv]) ** 2 * w)
-    std = (sq / (count - 1).clamp_min(1)).sqrt()
     z = torch.where(std[inv] > 0, (x - mean[inv]) / (std[inv] + eps), torch.zeros_like(x))
     return torch.where(valid, z, v).to(values.dtype)
 

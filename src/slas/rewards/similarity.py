@@ -4,7 +4,7 @@ For editing tasks (e.g. product-in-hand) the edited image should keep the refere
 reward is the cosine similarity of the CLIP image embeddings of each generated image and its
 reference (condition ``reference_images``: a tensor ``[N, 3, H, W]`` in [0, 1], or a list of ``N``
 PIL images, ``[3, H, W]`` tensors or image paths, which may differ in size). Either CLIP backend of
-:mod:`slas.rewards.clip` (same options, same encoders); key ``"image_similarity"``.
+:mod:`slas.rewards.encoders` (the ``clip`` reward's options and encoders); key ``"image_similarity"``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from typing import Any
 from torch import Tensor
 
 from slas.preflight import PreflightError
-from slas.rewards.clip import (
+from slas.rewards.encoders import (
     DEFAULT_HF_MODEL,
     DEFAULT_OPEN_CLIP_MODEL,
     DEFAULT_OPEN_CLIP_PRETRAINED,
     build_encoder,
-    check_encoder_options,
-    checked_factory,
-    load_image_batch,
 )
+from slas.rewards.options import check_encoder_options, checked_factory, load_image_batch
 from slas.rewards.registry import register
 
 __all__ = ["REFERENCE_CONDITION", "ImageSimilarityReward"]

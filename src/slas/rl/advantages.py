@@ -40,6 +40,27 @@ def _shape(x: Tensor, power: float) -> Tensor:
     return x if power == 1.0 else torch.sign(x) * x.abs().pow(power)
 
 
+def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
+    """``(inverse, num_groups)``: each sample's dense group number (0 .. num_groups - 1) from any ids."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    return inverse, int(inverse.max()) + 1
+
+
+def group_mean_std(values: Tensor, valid: Tensor, inverse: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Per-group mean and unbiased std (``[num_groups]`` each) over the ``valid`` samples only.
+
+    Invalid samples (NaN rewards, say) take no part: they count for nothing and their values are
+    ignored. A group with one valid sample (or none) has std 0 and, with none, mean 0. The one place
+    where advantages and the composite's per-group z-score compute these, so the two agree.
+    """
+    w = valid.to(values.dtype)
+    x = torch.where(valid, values, torch.zeros_like(values))
+    count = _group_reduce(w, inverse, num_groups, "sum")
+    mean = _group_reduce(x * w, inverse, num_groups, "sum") / count.clamp_min(1)
+    sq = _group_reduce(((x - mean[inverse]) ** 2) * w, inverse, num_groups, "sum")
+    return mean, (sq / (count - 1).clamp_min(1)).sqrt()
+
+
 def _scale(x: Tensor, valid: Tensor, inv: Tensor, num_groups: int, std_scope: StdScope, eps: float) -> Tensor:
     """Divide ``x`` by the unbiased std of its scope (over valid samples only)."""
     if std_scope == "none":
@@ -49,11 +70,7 @@ def _scale(x: Tensor, valid: Tensor, inv: Tensor, num_groups: int, std_scope: St
         std = xv.std(unbiased=True) if xv.numel() > 1 else x.new_zeros(())
         return x / (std + eps)
     if std_scope == "prompt":
-        w = valid.to(x.dtype)
-        count = _group_reduce(w, inv, num_groups, "sum")
-        mean = _group_reduce(x * w, inv, num_groups, "sum") / count.clamp_min(1)
-        sq = _group_reduce(((x - mean[inv]) ** 2) * w, inv, num_groups, "sum")
-        std = (sq / (count - 1).clamp_min(1)).sqrt()  # groups of one: std 0, and their x is 0
+        _, std = group_mean_std(x, valid, inv, num_groups)  # groups of one: std 0, and their x is 0
         return x / (std[inv] + eps)
     raise ValueError(f"std_scope must be 'prompt', 'batch' or 'none', got {std_scope!r}")
 
@@ -85,12 +102,8 @@ def compute_advantages(
     r = rewards.detach().to(torch.float64)
     valid = torch.isfinite(r)
     r = torch.where(valid, r, torch.zeros_like(r))
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    num_groups = int(inv.max()) + 1
-
-    w = valid.to(r.dtype)
-    count = _group_reduce(w, inv, num_groups, "sum")
-    mean = _group_reduce(r * w, inv, num_groups, "sum") / count.clamp_min(1)
+    inv, num_groups = group_index(group_ids)
+    mean, _ = group_mean_std(r, valid, inv, num_groups)
     delta = r - mean[inv]
     # A group whose valid rewards are all equal has exactly zero advantage (no rounding residue).
     flat = _flat_groups(r, valid, inv, num_groups)[inv]
@@ -112,6 +125,6 @@ def zero_std_group_ratio(rewards: Tensor, group_ids: Tensor) -> float:
         return 0.0
     r = rewards.detach().to(torch.float64)
     valid = torch.isfinite(r)
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    flat = _flat_groups(r, valid, inv, int(inv.max()) + 1)
+    inv, num_groups = group_index(group_ids)
+    flat = _flat_groups(r, valid, inv, num_groups)
     return float(flat.to(torch.float64).mean())
