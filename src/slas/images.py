@@ -53,7 +53,7 @@ def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(arr[..., :3])).permute(2, 0, 1).float() / 255.0  # a writable copy
 
 
 def load_image(path: Any) -> Tensor:
