@@ -340,11 +340,9 @@ def _contrastive(img: Tensor, txt: Tensor, prompts: Sequence[str], logit_scale: 
 
 
 def _normalize_pixels(images: Tensor) -> Tensor:
-    from slas.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from slas.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize
 
-    mean = torch.tensor(OPENAI_CLIP_MEAN, device=images.device)[:, None, None]
-    std = torch.tensor(OPENAI_CLIP_STD, device=images.device)[:, None, None]
-    return (images - mean) / std
+    return normalize(images, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
 def train_proxy_clip(cfg: PretrainConfig, device: torch.device, out_dir: Path) -> dict:
