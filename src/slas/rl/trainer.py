@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -20,10 +22,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from slas.config import TrainerConfig
+from slas.errors import SlasError, one_line
 from slas.images import make_grid
 from slas.rl import distributed
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
-from slas.rl.checkpoint import latest_checkpoint, save_checkpoint
+from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpoint, verify_checkpoint
 from slas.rl.objectives import GRPOObjective
 from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, Tracker
 from slas.rl.trajectory import Rollout
@@ -51,6 +54,31 @@ def rollout_grid(
         blank = torch.ones(cols - len(row), 3, *size)
         tiles.append(torch.cat([row.clamp(0, 1), blank]))
     return make_grid(torch.cat(tiles), nrow=cols, padding=pad, pad_value=1.0)
+
+
+class TrainingDiverged(SlasError, FloatingPointError):
+    """The trainable weights turned non-finite: the run stops as failed, never checkpointing them."""
+
+    exit_code = 1
+
+
+def _named(path: Path, load: Any) -> Any:
+    """``load(path)``, any failure re-raised as :class:`CheckpointDamaged` naming ``path``."""
+    try:
+        return load(path)
+    except Exception as exc:
+        raise CheckpointDamaged(f"{path}: {one_line(exc, with_type=True, limit=160)}") from exc
+
+
+def _tensors(path: Path) -> Any:
+    """A ``torch.save`` file read as tensors and plain containers only: a pickled object is refused, never run."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointDamaged(f"{path}: holds pickled objects besides tensors; refused to unpickle it "
+                                "(it could run code)") from exc
+    except Exception as exc:
+        raise CheckpointDamaged(f"{path}: {one_line(exc, with_type=True, limit=160)}") from exc
 
 
 def _stats(values: Tensor) -> tuple[float, float]:
@@ -184,6 +212,7 @@ class Trainer:
         counts: dict[str, int] = defaultdict(int)
         maxima: dict[str, float] = {}
         grad_norms = []
+        skipped = 0
         params = self.policy.trainable_parameters()
         for u, batches in enumerate(updates):
             samples = sum(len(m) for m in batches)
@@ -198,11 +227,15 @@ class Trainer:
                         else:
                             sums[key] += value
                             counts[key] += 1
-            distributed.average_gradients(params)
+            distributed.average_gradients(params)  # every rank then holds the same gradients and decides alike
             if cfg.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             else:
                 norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            if not torch.isfinite(norm):  # a non-finite loss or gradient: this update is skipped, and counted
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
             grad_norms.append(float(norm))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -210,8 +243,12 @@ class Trainer:
                 self.ema.step(params)
         out = {key: v / counts[key] for key, v in sums.items()}
         out.update(maxima)
-        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["optimizer_steps"] = float(len(updates))
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+        out["optimizer_steps"] = float(len(updates) - skipped)
+        out["skipped_updates"] = float(skipped)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise TrainingDiverged(f"training diverged: trainable weights are non-finite in iteration {self.iteration + 1} "
+                                   "(lower train.lr or set train.max_grad_norm); no checkpoint of them was written")
         return distributed.mean_over_ranks(out)  # with several ranks: the mean of each rank's figure
 
     def _images_due(self) -> bool:
@@ -315,22 +352,36 @@ class Trainer:
     def load_checkpoint(self, path: str | Path | None = None) -> Path:
         """Restore weights, optimizer, EMA, RNG, data position and iteration (default: the newest complete).
 
-        Every file is read with ``weights_only=True``: tensors and plain containers only, never a pickled
-        object, so a checkpoint from someone else cannot run code here.
+        Every checkpoint is verified against its manifest first, and every file is read with
+        ``weights_only=True`` (tensors and plain containers, never a pickled object), so a checkpoint from
+        someone else cannot run code here. Without ``path``, a damaged newest checkpoint is skipped with a
+        warning naming the file, and the one before it is loaded.
         """
-        path = Path(path) if path is not None else latest_checkpoint(self.ckpt_dir)
-        if path is None:
+        candidates = [Path(path)] if path is not None else list_checkpoints(self.ckpt_dir)[::-1]
+        if not candidates:
             raise FileNotFoundError(f"no complete checkpoint under {self.ckpt_dir}")
-        self.policy.load_trainable(path / "trainable")
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        for i, ckpt in enumerate(candidates):
+            try:
+                verify_checkpoint(ckpt)
+                self._load(ckpt)
+                return ckpt
+            except Exception as exc:  # any file that fails to load makes the checkpoint unusable
+                reason = one_line(exc) if isinstance(exc, CheckpointDamaged) else f"{ckpt}: {one_line(exc, with_type=True)}"
+                if i + 1 == len(candidates):
+                    raise CheckpointDamaged(f"cannot resume: {reason}") from exc
+                warnings.warn(f"checkpoint {ckpt.name} is damaged ({reason}); resuming from {candidates[i + 1].name}",
+                              RuntimeWarning, stacklevel=2)
+
+    def _load(self, path: Path) -> None:
+        _named(path / "trainable", self.policy.load_trainable)
+        self.optimizer.load_state_dict(_tensors(path / "optimizer.pt"))
         if self.ema is not None and (path / "ema.pt").is_file():
-            self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
+            self.ema.load_state_dict(_tensors(path / "ema.pt"))
+        rng = _tensors(path / "rng.pt")
+        state = _named(path / "trainer_state.json", lambda p: json.loads(p.read_text()))
+        self.data.load_state_dict(state["data"] if "data" in state else state["prompts"])  # "prompts": before 0.2
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        state = json.loads((path / "trainer_state.json").read_text())
         self.iteration = self._saved_iteration = int(state["iteration"])
-        self.data.load_state_dict(state["data"] if "data" in state else state["prompts"])  # "prompts": before 0.2
         self.resumed_from = path
-        return path
