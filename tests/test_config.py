@@ -139,6 +139,23 @@ def test_scope_conflicting_with_preset_fails(preset, scope):
     assert msg.startswith("config error:") and f"rl.std_scope={scope} conflicts with rl.preset={preset}" in msg
 
 
+@pytest.mark.parametrize("sets", [["rl.preset=dancegrpo", "rl.power=3"], ["rl.power=3", "rl.preset=dancegrpo"]])
+def test_power_set_with_dancegrpo_is_an_error_naming_both_keys(sets):
+    with pytest.raises(ConfigError) as err:
+        load_config(SD, sets)
+    assert _one_line(err).endswith("rl.power=3 conflicts with rl.preset=dancegrpo (power 1)")
+
+
+def test_power_written_beside_dancegrpo_in_a_file_is_an_error(tmp_path):
+    data = {"model": {"family": "sd", "path": "x"}, "data": {"prompts": "p.txt"},
+            "reward": {"components": [{"name": "clip"}]}, "rl": {"preset": "dancegrpo", "power": 2.5}}
+    with pytest.raises(ConfigError, match=r"rl\.power=2\.5 conflicts with rl\.preset=dancegrpo \(power 1\)"):
+        config_from_dict(data)
+    data["rl"]["power"] = 1.0
+    assert config_from_dict(data).rl.power == 1.0  # dancegrpo's own power is no conflict
+    assert load_config(SD, ["rl.preset=dancegrpo", "rl.power=1"]).rl.power == 1.0
+
+
 def test_scope_agreeing_with_preset_is_fine():
     assert load_config(SD, ["rl.preset=dancegrpo", "rl.std_scope=prompt"]).rl.std_scope == "prompt"
 
@@ -237,6 +254,13 @@ def test_missing_required_nested_key_is_named():
     assert _one_line(err) == "config error: model.path: required key is missing"
 
 
+def test_config_errors_are_slas_errors():
+    from slas.errors import SlasError
+
+    assert issubclass(ConfigError, SlasError) and issubclass(ConfigError, ValueError)
+    assert issubclass(PreflightError, SlasError) and issubclass(PreflightError, RuntimeError)
+
+
 def test_file_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "none.yaml")
@@ -308,6 +332,18 @@ def test_resolve_file(tmp_path, empty_hub_cache):
     assert resolve_file(str(f), key="reward.checkpoint") == str(f)
 
 
+def test_gated_model_names_the_licence_and_the_login(empty_hub_cache):
+    with pytest.raises(PreflightError) as err:
+        resolve_model_path("black-forest-labs/FLUX.1-dev")
+    msg = _one_line(err)
+    steps = ("accept the licence on https://huggingface.co/black-forest-labs/FLUX.1-dev", "hf auth login",
+             "hf download black-forest-labs/FLUX.1-dev")
+    assert [msg.index(step) for step in steps] == sorted(msg.index(step) for step in steps)
+    with pytest.raises(PreflightError) as err:
+        resolve_model_path("nobody/not-a-model")
+    assert "licence" not in str(err.value) and "hf auth login" not in str(err.value)
+
+
 def _config(model_path, prompts, reward="test_mean", **options):
     return config_from_dict({
         "model": {"family": "sd", "path": str(model_path)},
@@ -359,6 +395,21 @@ def test_preflight_unknown_reward_fails_before_loading(tmp_path, tiny_sd_dir, te
         assert all(name in msg for name in ("test_mean", "hpsv21", "clip"))
 
 
+def test_preflight_lists_every_problem_one_line_each_in_order(tmp_path, test_rewards, no_heavy_work):
+    cfg = config_from_dict({
+        "model": {"family": "sd", "path": str(tmp_path / "no_model")},
+        "data": {"prompts": str(tmp_path / "none.txt")},
+        "reward": {"components": [{"name": "nope"}, {"name": "test_mean"},
+                                  {"name": "test_missing_files", "options": {"checkpoint": "/nowhere/w.pt"}}]},
+    })
+    for check in (preflight, no_heavy_work):
+        with pytest.raises(PreflightError) as err:
+            check(cfg)
+        assert [line.split(":")[0] for line in err.value.problems] == [
+            "model.path", "data.prompts", "reward.components.0.name", "reward.components.0.options.checkpoint"]
+        assert str(err.value).splitlines() == err.value.problems  # the first line is the first problem
+
+
 def test_preflight_runs_each_rewards_own_check(tmp_path, tiny_sd_dir, test_rewards, no_heavy_work):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\n")
@@ -372,7 +423,9 @@ def test_preflight_absent_model_fails_before_loading(tmp_path, empty_hub_cache, 
     prompts.write_text("a\n")
     with pytest.raises(PreflightError) as err:
         no_heavy_work(load_config(SD, [f"data.prompts={prompts}"]))
-    assert "hf download CompVis/stable-diffusion-v1-4" in _one_line(err)
+    first, *others = err.value.problems  # the model first, then each missing reward file: one line each
+    assert "hf download CompVis/stable-diffusion-v1-4" in first and "\n" not in first
+    assert str(err.value).splitlines()[0] == first and len(others) == 2
 
 
 # ------------------------------------------------------------------ reward registry

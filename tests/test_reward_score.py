@@ -64,7 +64,7 @@ def test_reward_score_cli(rewards, tmp_path):
     out = tmp_path / "scores.jsonl"
     result = CliRunner().invoke(app, [
         "reward", "score", "--reward", "test_mean:2,test_len:0.5", "--images", str(images), "--prompts", str(prompts),
-        "--condition", f"reference_images={refs}", "--output", str(out),
+        "--condition", f"reference_images={refs}", "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
     recs = [json.loads(line) for line in out.read_text().splitlines()]
@@ -88,3 +88,61 @@ def test_reward_score_errors(rewards, tmp_path):
     r = runner.invoke(app, ["reward", "score", "--reward", "test_mean", "--images", str(tmp_path / "missing"),
                             "--prompts", str(prompts)])
     assert r.exit_code == 2 and "image folder not found" in r.output
+
+
+def _sample_set(tmp_path):
+    """A folder as `slas sample` writes it: one subfolder per checkpoint and a samples.jsonl manifest."""
+    root = tmp_path / "set"
+    rows = []
+    for label, level in (("iter_000002", 200), ("base", 100)):
+        (root / label).mkdir(parents=True)
+        for seed in (1, 0):
+            rel = f"{label}/p0_s{seed}.png"
+            Image.fromarray(np.full((8, 8, 3), level + seed, dtype=np.uint8)).save(root / rel)
+            rows.append({"image": rel, "prompt": f"prompt of {label}", "seed": seed, "checkpoint": label})
+    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_reward_score_finds_a_sample_sets_images_and_prompts(rewards, tmp_path):
+    root = _sample_set(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    r = CliRunner().invoke(app, ["reward", "score", "--reward", "test_mean", "--images", str(root), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["image"] for x in recs] == ["base/p0_s0.png", "base/p0_s1.png",  # sorted paths, every subfolder
+                                         "iter_000002/p0_s0.png", "iter_000002/p0_s1.png"]
+    assert [(x["checkpoint"], x["seed"], x["prompt"]) for x in recs[:2]] == [("base", 0, "prompt of base"),
+                                                                             ("base", 1, "prompt of base")]
+    # the score of the file as decoded from disk: exactly its 8-bit level
+    assert [x["test_mean"] for x in recs] == pytest.approx([100 / 255, 101 / 255, 200 / 255, 201 / 255])
+    assert "as decoded from disk (8-bit)" in r.output and "samples.jsonl" in r.output
+    assert "[base] test_mean: mean" in r.output and "[iter_000002] test_mean: mean" in r.output
+
+
+def test_reward_score_of_one_checkpoint_folder_reads_the_sets_manifest(rewards, tmp_path):
+    root = _sample_set(tmp_path)
+    out = tmp_path / "scores.jsonl"
+    r = CliRunner().invoke(app, ["reward", "score", "--reward", "test_len", "--images", str(root / "base"),
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["image"], x["prompt"]) for x in recs] == [("p0_s0.png", "prompt of base"), ("p0_s1.png", "prompt of base")]
+    assert recs[0]["test_len"] == len("prompt of base")
+
+
+def test_reward_score_explicit_prompts_win_and_are_needed_without_a_manifest(rewards, tmp_path):
+    root = _sample_set(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("x\n")
+    out = tmp_path / "scores.jsonl"
+    r = CliRunner().invoke(app, ["reward", "score", "--reward", "test_len", "--images", str(root),
+                                 "--prompts", str(prompts), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert {json.loads(line)["prompt"] for line in out.read_text().splitlines()} == {"x"}
+    plain = _folder(tmp_path, "plain", [0, 1])
+    r = CliRunner().invoke(app, ["reward", "score", "--reward", "test_len", "--images", str(plain)])
+    assert r.exit_code == 2 and "--prompts is needed: no samples.jsonl in" in r.output
+    (root / "base" / "extra.png").write_bytes((root / "base" / "p0_s0.png").read_bytes())
+    r = CliRunner().invoke(app, ["reward", "score", "--reward", "test_len", "--images", str(root)])
+    assert r.exit_code == 2 and "extra.png is not in" in r.output and "give --prompts" in r.output

@@ -13,10 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from slas.errors import SlasError
+from slas.paths import runs_root
 from slas.rl.advantages import PRESETS
 
 
-class ConfigError(ValueError):
+class ConfigError(SlasError, ValueError):
     """A config file, key or value is wrong; the message is one line that names it."""
 
 
@@ -65,7 +67,8 @@ class SampleConfig(_Strict):
 
 
 class RLConfig(_Strict):
-    """Advantage shaping. ``power`` is the SLAS exponent: the dancegrpo preset always uses (prompt, 1)."""
+    """Advantage shaping. ``power`` is the SLAS exponent: the dancegrpo preset always uses (prompt, 1), so
+    any other power set with it is an error rather than silently ignored."""
 
     preset: Literal["dancegrpo", "slas", "custom"] = "slas"
     std_scope: Literal["prompt", "batch", "none"] | None = None
@@ -83,6 +86,8 @@ class RLConfig(_Strict):
         scope, power = PRESETS[self.preset]
         if self.std_scope is not None and self.std_scope != scope:
             raise ValueError(f"rl.std_scope={self.std_scope} conflicts with rl.preset={self.preset} ({scope})")
+        if power is not None and self.power is not None and self.power != power:
+            raise ValueError(f"rl.power={self.power:g} conflicts with rl.preset={self.preset} (power {power:g})")
         object.__setattr__(self, "std_scope", scope)
         object.__setattr__(self, "power", power if power is not None else (self.power or 2.0))
         return self
@@ -121,7 +126,9 @@ class RewardConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = Field("run", min_length=1)
-    output_dir: str = "runs"
+    output_dir: str | None = Field(
+        None, description="folder of run dirs, used as given (None: slas.paths.runs_root(), i.e. ./runs or $SLAS_HOME/runs)"
+    )
     seed: int = 0
     iterations: int = Field(100, ge=1)
     checkpoint_every: int = Field(50, ge=1)
@@ -142,7 +149,10 @@ class SLASConfig(_Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
+        """``run.output_dir/run.name``; without an output dir, under :func:`slas.paths.runs_root` (the one
+        rule of where outputs go, so ``SLAS_HOME`` moves runs too)."""
+        root = Path(self.run.output_dir) if self.run.output_dir is not None else runs_root()
+        return root / self.run.name
 
     @property
     def learning_rate(self) -> float:
@@ -213,14 +223,37 @@ def apply_override(data: dict, override: str) -> None:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from exc
 
 
+def _drop_the_files_power(data: dict, overrides: list[str]) -> None:
+    """``--set rl.preset=dancegrpo`` over a file written for SLAS: the file's ``rl.power`` was the exponent
+    of the file's own preset, so a preset switched by an override that fixes the power drops it. A power
+    set by an override too (or written beside that preset in the file) stays, and conflicts."""
+    keys = {ov.partition("=")[0].strip() for ov in overrides}
+    rl = data.get("rl")
+    if "rl.preset" not in keys or "rl.power" in keys or not isinstance(rl, dict):
+        return
+    preset = rl.get("preset")
+    if isinstance(preset, str) and preset in PRESETS and PRESETS[preset][1] is not None:
+        rl.pop("power", None)
+
+
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> SLASConfig:
+    """Validate a config mapping after applying ``key=value`` overrides (one-line :class:`ConfigError`)."""
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
     for ov in overrides or []:
         apply_override(data, ov)
+    _drop_the_files_power(data, list(overrides or []))
     try:
         return SLASConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"config error: {_first_error(err)}") from None
+
+
+def reward_config(data: Any, source: str) -> RewardConfig:
+    """Validate a reward section read from ``source`` (a file or an inline spec); one-line :class:`ConfigError`."""
+    try:
+        return RewardConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_first_error(err)}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SLASConfig:

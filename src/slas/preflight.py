@@ -1,27 +1,58 @@
 """Checks that run before any heavy work: every model, prompt file and reward named by a config exists.
 
 Nothing here downloads. A missing model gives the exact command to fetch it on a connected machine.
+:func:`preflight` runs every check and reports every problem at once, so a newcomer missing the SD
+weights, HPS and CLIP learns all three in one round trip instead of three.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from slas.config import RewardConfig, SLASConfig
+from slas.errors import SlasError
+
+# Hub owners whose models are gated: a download needs the licence accepted on the model page and a login.
+GATED_OWNERS = ("black-forest-labs/",)
 
 
-class PreflightError(RuntimeError):
-    """Something a run needs is not on this machine; the message names it and how to get it."""
+class PreflightError(SlasError, RuntimeError):
+    """Something a run needs is not on this machine; the message names it and how to get it.
+
+    One line per problem (:attr:`problems`); the first line is the first problem, so a caller that shows
+    only ``str(err).splitlines()[0]`` still shows a complete one.
+    """
+
+    @classmethod
+    def listing(cls, problems: Iterable[str]) -> PreflightError:
+        """One error for several problems, one line each."""
+        return cls("\n".join(problems))
+
+    @property
+    def problems(self) -> list[str]:
+        return [line for line in str(self).splitlines() if line.strip()]
 
 
 def fetch_command(repo_id: str, revision: str | None = None, filename: str | None = None) -> str:
     rev = f" --revision {revision}" if revision else ""
     file = f" {filename}" if filename else ""
     return f"hf download {repo_id}{file}{rev}"
+
+
+def fetch_steps(repo_id: str, revision: str | None = None, filename: str | None = None) -> str:
+    """What to run on a connected machine; a gated model needs its licence accepted and a login first,
+    without which ``hf download`` fails with an opaque 401/403."""
+    command = fetch_command(repo_id, revision, filename)
+    if repo_id.startswith(GATED_OWNERS):
+        return (f"accept the licence on https://huggingface.co/{repo_id} (gated model), run `hf auth login`, "
+                f"then run: {command}")
+    return f"run: {command}"
 
 
 def _cache_dir() -> str:
@@ -51,8 +82,8 @@ def resolve_model_path(
     if snap is None or not (Path(snap) / marker).is_file():
         raise PreflightError(
             f"{key}: {path_or_id!r} is neither a local directory nor in the Hugging Face cache "
-            f"({_cache_dir()}); on a connected machine run: "
-            f"{fetch_command(path_or_id, revision)}  (then copy the cache here, or set {key} to the downloaded dir)"
+            f"({_cache_dir()}); on a connected machine {fetch_steps(path_or_id, revision)}  "
+            f"(then copy the cache here, or set {key} to the downloaded dir)"
         )
     return snap
 
@@ -72,24 +103,54 @@ def resolve_file(path_or_repo: str, filename: str | None = None, *, key: str, re
         return cached
     raise PreflightError(
         f"{key}: {filename} of {path_or_repo!r} is not in the Hugging Face cache ({_cache_dir()}); on a connected "
-        f"machine run: {fetch_command(path_or_repo, revision, filename)}  (or set {key} to the file's path)"
+        f"machine {fetch_steps(path_or_repo, revision, filename)}  (or set {key} to the file's path)"
     )
 
 
-def preflight(config: SLASConfig) -> None:
-    """Raise :class:`PreflightError` naming the first thing the run needs that is missing."""
-    resolve_model_path(config.model.path, config.model.revision)
-    if not Path(config.data.prompts).is_file():
-        raise PreflightError(f"data.prompts: prompt file not found: {config.data.prompts}")
-    preflight_reward(config.reward)
+def _problems(checks: Iterable[Callable[[], object]]) -> list[str]:
+    """Run every check; the lines of the :class:`PreflightError` each raised, in order."""
+    found: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except PreflightError as err:
+            found.extend(err.problems)
+    return found
 
 
-def preflight_reward(reward: RewardConfig) -> None:
-    """Every component is a registered reward whose files are here (each reward's own check)."""
+def _check_prompts(path: str) -> None:
+    if not Path(path).is_file():
+        raise PreflightError(f"data.prompts: prompt file not found: {path}")
+
+
+def _check_reward(i: int, name: str, options: dict) -> None:
+    """Component ``i`` is a registered reward whose own preflight passes."""
     from slas.rewards import registry
 
     known = registry.available()
-    for i, comp in enumerate(reward.components):
-        if comp.name not in known:
-            raise PreflightError(f"reward.components.{i}.name: unknown reward {comp.name!r}; available: {known}")
-        registry.preflight(comp.name, comp.options)
+    if name not in known:
+        raise PreflightError(f"reward.components.{i}.name: unknown reward {name!r}; available: {known}")
+    registry.preflight(name, options)
+
+
+def _reward_checks(reward: RewardConfig) -> list[Callable[[], None]]:
+    return [partial(_check_reward, i, c.name, c.options) for i, c in enumerate(reward.components)]
+
+
+def _raise_if_any(problems: list[str]) -> None:
+    if problems:
+        raise PreflightError.listing(problems)
+
+
+def preflight(config: SLASConfig) -> None:
+    """Raise one :class:`PreflightError` listing everything the run needs that is missing (model, prompt
+    file, every reward), one problem per line in that order."""
+    checks = [partial(resolve_model_path, config.model.path, config.model.revision),
+              partial(_check_prompts, config.data.prompts), *_reward_checks(config.reward)]
+    _raise_if_any(_problems(checks))
+
+
+def preflight_reward(reward: RewardConfig) -> None:
+    """Every component is a registered reward whose files are here (each reward's own check); one
+    :class:`PreflightError` lists every component that is not."""
+    _raise_if_any(_problems(_reward_checks(reward)))

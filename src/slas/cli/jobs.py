@@ -11,39 +11,27 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from slas.cli.common import SetOpt, SlasTyper
+
 if TYPE_CHECKING:
     from slas.platform.jobs import JobManager
 
-jobs_app = typer.Typer(
-    help="Training jobs: submit, list, show, logs, cancel, resume. Store: $SLAS_DATABASE_URL or .slas/slas.db.",
-    no_args_is_help=True,
+app = SlasTyper(
+    help="Training jobs: submit, list, show, logs, cancel, resume. Store: $SLAS_DATABASE_URL or $SLAS_HOME/slas.db.",
 )
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set run.iterations=200")]
-JobId = Annotated[int, typer.Argument(help="job id (see `slas jobs list`)")]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+JobId = Annotated[int, typer.Argument(metavar="JOB_ID", help="job id (see `slas jobs list`)")]
 
 
 @contextlib.contextmanager
 def _manager() -> Iterator[JobManager]:
-    """A job manager on the default store; every known failure becomes a one-line error."""
-    from slas.config import ConfigError
-    from slas.platform.db import StoreError, open_store
-    from slas.platform.jobs import JobError, JobManager
-    from slas.preflight import PreflightError
+    """A job manager on the default store, closed afterwards (its errors are slas errors: one line each)."""
+    from slas.platform.db import open_store
+    from slas.platform.jobs import JobManager
 
-    try:
-        store = open_store()
-    except StoreError as exc:
-        _fail(str(exc))
+    store = open_store()
     try:
         yield JobManager(store)
-    except (JobError, StoreError, ConfigError, PreflightError, FileNotFoundError) as exc:
-        _fail(str(exc).strip().splitlines()[0])
     finally:
         store.close()
 
@@ -61,11 +49,11 @@ def _elapsed(start: datetime | None, end: datetime | None) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-@jobs_app.command("submit")
+@app.command("submit")
 def submit(
-    config: Annotated[Path, typer.Argument(help="YAML run config (see configs/)")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML run config (see configs/)")],
     set_: SetOpt = None,
-    backend: Annotated[str, typer.Option(help="where to run it: local (a detached process) or kubernetes")] = "local",
+    backend: Annotated[str, typer.Option("--backend", help="where to run it: local (a detached process) or kubernetes")] = "local",
 ) -> None:
     """Validate a config and start it as a background job; prints the job id."""
     with _manager() as jm:
@@ -75,10 +63,10 @@ def submit(
         typer.echo(f"  log:     {job.log_path}   (slas jobs logs {job.id} -f)")
 
 
-@jobs_app.command("list")
+@app.command("list")
 def list_jobs(
-    status: Annotated[str | None, typer.Option(help="only jobs with this status")] = None,
-    limit: Annotated[int, typer.Option(help="newest N jobs")] = 50,
+    status: Annotated[str | None, typer.Option("--status", help="only jobs with this status")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="newest N jobs")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per job")] = False,
 ) -> None:
     """Every recorded run, newest first: submitted jobs and direct `slas train` runs."""
@@ -107,7 +95,7 @@ def list_jobs(
             typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-@jobs_app.command("show")
+@app.command("show")
 def show(job_id: JobId) -> None:
     """A job's details: status, paths, attempts and checkpoints."""
     with _manager() as jm:
@@ -134,7 +122,7 @@ def show(job_id: JobId) -> None:
             typer.echo(f"  iter {c.iteration:>6}  {_when(c.created_at)}  {c.path}")
 
 
-@jobs_app.command("logs")
+@app.command("logs")
 def logs(
     job_id: JobId,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
@@ -145,10 +133,10 @@ def logs(
             typer.echo(chunk, nl=False)
 
 
-@jobs_app.command("cancel")
+@app.command("cancel")
 def cancel(
     job_id: JobId,
-    wait: Annotated[bool, typer.Option(help="wait until the job has stopped")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until the job has stopped")] = False,
 ) -> None:
     """Stop a job gracefully: SIGTERM, the current iteration finishes, a checkpoint is written."""
     with _manager() as jm:
@@ -162,7 +150,7 @@ def cancel(
             typer.echo(f"job {job.id} {job.status}")
 
 
-@jobs_app.command("resume")
+@app.command("resume")
 def resume(job_id: JobId, set_: SetOpt = None) -> None:
     """Restart a stopped job from its newest complete checkpoint, as a new attempt of the same job."""
     with _manager() as jm:
