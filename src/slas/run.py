@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
@@ -218,6 +219,8 @@ def run_training(
     with _sigterm_sets(stop):
         if rank != 0:  # one writer per run
             return _train_recorded(config, resume, stop, None, None, None, callbacks)
+        if job_id is None:
+            preflight(config)  # a run that cannot start gets no job row
         if resume:
             check_resumable(config)  # before any job row, model or MLflow run
         own_store = store is None
@@ -225,7 +228,6 @@ def run_training(
             store = open_store()
         try:
             if job_id is None:
-                preflight(config)  # a run that cannot start gets no job row
                 job_id = _job_for_direct_run(store, config, resume)
             attempt = store.begin_attempt(job_id, pid=os.getpid())
             return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks)
@@ -242,6 +244,28 @@ def _close_tracker(tracker: Any, status: str) -> None:
         tracker.close(status=status)
     except Exception as exc:  # never hide the run's own outcome (or its error) behind a tracker's
         warnings.warn(f"tracker: close failed: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (store and tracking URLs may carry credentials)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def where_it_goes(trainer: Trainer, store: Any, job_id: int | None) -> str:
+    """One line saying where a run's outputs, its job record and its MLflow run are."""
+    from slas.platform.tracking import default_tracking_uri
+
+    parts = [f"[{trainer.config.run.name}] outputs: {trainer.run_dir.resolve()}"]
+    if store is not None:
+        parts.append(f"job {job_id} in {redact(store.url)}")
+    run_id = getattr(trainer.tracker, "run_id", None)
+    if run_id:
+        parts.append(f"MLflow run {run_id} in {redact(default_tracking_uri())}")
+    return "; ".join(parts)
 
 
 class _JobCallback(Callback):
@@ -294,6 +318,8 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
                 found = [(int(p.name.removeprefix("iter_")), p.resolve()) for p in list_checkpoints(trainer.ckpt_dir)]
                 record("earlier checkpoints", "sync_checkpoints", job_id, found)
             record_run_id()
+        if trainer.rank == 0:
+            print(where_it_goes(trainer, store, job_id), file=sys.stderr, flush=True)
         start = trainer.iteration
         trainer.train()
         if not trainer.stopped and trainer.iteration > start and trainer.rank == 0:
