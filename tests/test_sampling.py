@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from slas.config import config_from_dict
+from slas.images import load_image
 from slas.platform.db import open_store
 from slas.platform.sampling import SamplingError, parse_seeds, plan_sample_set
-from slas.rewards import register
+from slas.rewards import build, register
 from slas.rewards.registry import unregister
+from slas.rewards.score import parse_reward_spec
 from slas.rl.checkpoint import MARKER
 from slas.testing.cli import error_text as err
 from slas.testing.cli import run_cli as slas
@@ -130,6 +134,35 @@ def test_sets_pair_checkpoints_by_prompt_and_seed(trained, tmp_path, monkeypatch
     assert np.abs(base_imgs[("a red circle", 0)] - base_imgs[("a red circle", 1)]).max() > 10
     diffs = [np.abs(_pixels(by_label["tiny_sd/iter_000002"][k].image_path) - base_imgs[k]).mean() for k in pairs]
     assert min(diffs) > 0.5, diffs
+
+
+def test_stored_scores_are_the_scores_of_the_saved_pngs(trained, tmp_path):
+    """Rewards score the 8-bit images the PNGs hold: a saved PNG loaded as `slas reward score` loads it and
+    scored again gives the stored number exactly; the set's samples.jsonl lists every image it saved."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    out = tmp_path / "set"
+    r = slas("sample", "--checkpoints", trained["ckpt"], "--prompts", prompts, "--seeds", "0-2", "--batch-size", "8",
+             "--reward", "test_sample_brightness", "--out", out)
+    set_id = _set_id(r)
+    with open_store() as store:
+        sset = store.get_sample_set(set_id)
+        rows = {Path(s.image_path): s for s in store.list_samples(set_id)}
+    assert sset.meta["scored"] == "the saved 8-bit PNG images"
+    manifest = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    prompt_list = [p for p in PROMPTS.split("\n") if p]
+    assert [(m["prompt"], m["seed"]) for m in manifest] == [(p, s) for p in prompt_list for s in (0, 1, 2)]
+    assert all(set(m) == {"image", "prompt", "seed", "checkpoint"} for m in manifest)
+    assert {m["checkpoint"] for m in manifest} == {"tiny_sd/iter_000002"}
+    paths = [(out / m["image"]).resolve() for m in manifest]
+    assert set(paths) == set(rows)
+
+    images = torch.stack([load_image(p) for p in paths])  # one batch, as the set was scored (--batch-size 8)
+    group_ids = torch.tensor([prompt_list.index(m["prompt"]) for m in manifest])
+    scores = build(parse_reward_spec("test_sample_brightness"))(images, [m["prompt"] for m in manifest],
+                                                                group_ids=group_ids)
+    for k, path in enumerate(paths):
+        assert rows[path].rewards == {name: float(v[k]) for name, v in scores.items()}, path
 
 
 def test_flux_base_and_run_dir_checkpoints(tiny_flux_dir, tmp_path, monkeypatch):

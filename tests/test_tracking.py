@@ -146,7 +146,8 @@ def test_make_tracker_tees_jsonl_and_mlflow(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tee-test")
     tee = make_tracker(tmp_path / "run", params={"model": {"family": "sd"}}, run_name="tee")
-    assert isinstance(tee, TeeTracker) and tee.mlflow is not None and tee.run_id == tee.mlflow.run_id
+    mlflow_tracker = next(t for t in tee.trackers if isinstance(t, MLflowTracker))
+    assert isinstance(tee, TeeTracker) and tee.run_id == mlflow_tracker.run_id
     for step in (1, 2):
         tee.log_metrics({"reward": 0.5 * step}, step=step)
     tee.log_image(Image.new("RGB", (4, 4)), "samples/grid", step=2)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from sqlalchemy import (
     JSON,
     CheckConstraint,
@@ -39,7 +40,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from slas.platform.locks import file_lock
+from slas.errors import SlasError
+from slas.paths import slas_home
 
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running")
@@ -48,7 +50,7 @@ VERSION_TABLE = "slas_alembic_version"  # not "alembic_version": MLflow's own sc
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-class StoreError(RuntimeError):
+class StoreError(SlasError, RuntimeError):
     """The store cannot be opened, or a row asked for does not exist; the message is one line."""
 
 
@@ -194,17 +196,12 @@ class Rating(Base):
 # ---------------------------------------------------------------------------------------------- opening
 
 
-def store_home() -> Path:
-    """The folder for the default SQLite store: ``$SLAS_HOME`` or ``./.slas``."""
-    return Path(os.environ.get("SLAS_HOME") or ".slas").expanduser().resolve()
-
-
 def default_url() -> str:
-    """``$SLAS_DATABASE_URL``, else a SQLite file in :func:`store_home`."""
+    """``$SLAS_DATABASE_URL``, else ``slas.db`` in :func:`slas.paths.slas_home`."""
     env = os.environ.get("SLAS_DATABASE_URL")
     if env:
         return env
-    return f"sqlite:///{store_home() / 'slas.db'}"
+    return f"sqlite:///{slas_home() / 'slas.db'}"
 
 
 def _normalise_url(url: str) -> str:
@@ -251,7 +248,7 @@ def _migration_lock(engine: Engine, conn: Connection) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not db or db == ":memory:":
         yield
         return
-    with file_lock(f"{db}.migrate.lock"):
+    with FileLock(f"{db}.migrate.lock"):
         yield
 
 

@@ -22,6 +22,7 @@ from typing import Protocol
 import yaml
 
 from slas.config import SLASConfig, config_from_dict, load_config
+from slas.errors import SlasError
 from slas.platform.db import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobNotFound, Store, StoreError, hostname
 from slas.platform.tracking import default_tracking_uri
 from slas.rl.checkpoint import latest_checkpoint
@@ -30,7 +31,7 @@ JOB_CONFIG = "job.yaml"
 JOB_LOG = "job.log"
 
 
-class JobError(RuntimeError):
+class JobError(SlasError, RuntimeError):
     """A job command cannot be carried out (unknown id, wrong state, bad backend); one line says why."""
 
 
@@ -122,13 +123,11 @@ class LocalBackend:
 
 
 class KubernetesBackend:
-    """The seam for running jobs on a GPU cluster; its implementation belongs to the cluster (Helm) issue."""
+    """The seam for running jobs on a GPU cluster: named so that ``--backend kubernetes`` is understood, and
+    refused in one line, since this version runs jobs on the local machine only."""
 
     name = "kubernetes"
-    MESSAGE = (
-        "the kubernetes backend is provided by the cluster (Helm) issue and is not part of this install; "
-        "use --backend local"
-    )
+    MESSAGE = "the kubernetes backend is not available in this version; use --backend local"
 
     def check(self, config: SLASConfig) -> None:
         raise JobError(self.MESSAGE)
@@ -269,7 +268,10 @@ class JobManager:
     def log_path(self, job_id: int) -> Path:
         job = self.get(job_id)
         if job.log_path is None:
-            raise JobError(f"job {job.id} has no log file: it was started with `slas train` in a terminal")
+            raise JobError(
+                f"job {job.id} has no log file: it was started in the foreground (by `slas train` or `slas demo`) "
+                f"and its output went to that terminal; its metrics are in {Path(job.run_dir) / 'metrics.jsonl'}"
+            )
         return Path(job.log_path)
 
     def follow_log(self, job_id: int, *, follow: bool = False, poll: float = 0.5) -> Iterator[str]:

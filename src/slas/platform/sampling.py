@@ -10,7 +10,6 @@ loads; images go to ``$SLAS_HOME/samples/<set id>/`` (or ``out``), their rows to
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import math
 import re
@@ -24,19 +23,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from slas.config import RewardConfig, SLASConfig, config_from_dict, load_config
+from slas.errors import SlasError, one_line
+from slas.images import quantize, to_pil
+from slas.paths import slas_home
 from slas.platform.db import Store
-from slas.platform.tracking import tracking_home
 from slas.preflight import preflight_reward, resolve_model_path
 from slas.rl.checkpoint import MARKER, latest_checkpoint
 from slas.t2i.prompts import load_prompts
 
 BASE = "base"
+MANIFEST = "samples.jsonl"  # one line per image of a set, in its folder; `slas reward score --images` reads it
+SCORED = "the saved 8-bit PNG images"
 MAX_SEED = 2**63 - 1
 _SEED_ITEM = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class SamplingError(ValueError):
+class SamplingError(SlasError, ValueError):
     """Bad ``slas sample`` input; the message is one line naming it."""
 
 
@@ -210,6 +213,7 @@ def plan_sample_set(
         "sample": sources[0].config.sample.model_dump(mode="json"),
         "sampler": "deterministic (DDIM eta=0 / flow Euler ODE); a pair's initial noise comes from its seed",
         "reward": reward_cfg.model_dump(mode="json") if reward_cfg is not None else None,
+        "scored": SCORED if reward_cfg is not None else None,
     }
     default_name = " vs ".join(labels)
     return SamplePlan(sources, prompt_list, seed_list, batch_size, reward_cfg, (name or default_name)[:200], meta)
@@ -229,42 +233,14 @@ def load_policy(source: CheckpointSource) -> Any:
     return policy
 
 
-@torch.no_grad()
-def render(policy: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
-    """[N, 3, H, W] float CPU images in [0, 1], one per (prompt, seed), with the pipeline's deterministic sampler.
-
-    Each image's initial noise comes from a CPU generator seeded with its seed, so it does not depend on the
-    batch it is rendered in, the device, or the checkpoint.
-    """
-    cfg = policy.sample_cfg
-    pipe = policy.pipe
-    kwargs: dict[str, Any] = {
-        "prompt": list(prompts),
-        "height": cfg.resolution,
-        "width": cfg.resolution,
-        "num_inference_steps": cfg.num_steps,
-        "guidance_scale": cfg.guidance_scale,
-        "generator": [torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-        "output_type": "pt",
-        "max_sequence_length": cfg.max_sequence_length,
-        "eta": 0.0,  # DDIM: deterministic
-    }
-    if cfg.negative_prompt:
-        kwargs["negative_prompt"] = [cfg.negative_prompt] * len(prompts)
-    accepted = inspect.signature(pipe.__call__).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    policy.denoiser.eval()
-    device = torch.device(policy.device)
-    with torch.autocast(device.type, dtype=policy.dtype, enabled=policy.dtype != torch.float32):
-        images = pipe(**kwargs).images
-    return images.float().clamp(0, 1).cpu()
-
-
-def _save_png(image: Tensor, path: Path) -> None:
-    from PIL import Image
-
-    arr = (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")
-    Image.fromarray(arr).save(path)
+def _write_manifest(root: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` to the set's :data:`MANIFEST`, image paths relative to the set folder, so the folder
+    can be moved or scored again (``slas reward score --images``) without the store."""
+    with (root / MANIFEST).open("a", encoding="utf-8") as fh:
+        for row in rows:
+            image = Path(row["image_path"]).relative_to(root).as_posix()
+            line = {"image": image, "prompt": row["prompt"], "seed": row["seed"], "checkpoint": row["checkpoint_label"]}
+            fh.write(json.dumps(line) + "\n")
 
 
 def _finite(value: float) -> float | None:
@@ -293,12 +269,16 @@ def render_sample_set(
     """Render ``plan`` into a new sample set of ``store`` and return its id.
 
     One checkpoint at a time (loaded, rendered in batches of ``plan.batch_size``, released), so only one
-    model is in memory; its rows are committed when its images are written, and the set's ``meta.status``
-    turns ``complete`` at the end (``failed`` with ``meta.error`` on an error; left ``rendering``: killed).
+    model is in memory; its rows are committed, and its lines appended to the folder's :data:`MANIFEST`,
+    when its images are written. Rewards score the 8-bit images the PNGs hold (``meta.scored``), so scoring
+    a saved file later gives the stored number. The set's ``meta.status`` turns ``complete`` at the end
+    (``failed`` with ``meta.error`` on an error; left ``rendering``: killed).
     """
     sset = store.create_sample_set(plan.name, job_id=_job_of(store, plan.checkpoints), meta=plan.meta)
-    root = Path(out) if out is not None else tracking_home() / "samples" / str(sset.id)
+    root = Path(out) if out is not None else slas_home() / "samples" / str(sset.id)
     root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST).write_text("", encoding="utf-8")  # this set's manifest only, even in a reused --out folder
     store.update_sample_set_meta(sset.id, status="rendering", out_dir=str(root))
     reward_fn = None
     if plan.reward is not None:
@@ -317,14 +297,14 @@ def render_sample_set(
             for b in range(0, len(pairs), plan.batch_size):
                 batch = pairs[b : b + plan.batch_size]
                 prompts = [p for p, _, _ in batch]
-                images = render(policy, prompts, [s for _, _, s in batch])
+                images = policy.generate(prompts, [s for _, _, s in batch], batch_size=plan.batch_size)
                 scores: dict[str, Tensor] = {}
-                if reward_fn is not None:
+                if reward_fn is not None:  # the scores of what the PNGs hold, so a saved file scores the same
                     group_ids = torch.tensor([i for _, i, _ in batch])
-                    scores = reward_fn(images, prompts, group_ids=group_ids)
+                    scores = reward_fn(quantize(images), prompts, group_ids=group_ids)
                 for k, ((prompt, i, seed), image) in enumerate(zip(batch, images, strict=True)):
                     path = folder / f"p{i:04d}_seed{seed}.png"
-                    _save_png(image, path)
+                    to_pil(image).save(path)
                     rows.append({
                         "checkpoint_label": src.label,
                         "checkpoint_path": str(src.path) if src.path is not None else None,
@@ -333,13 +313,13 @@ def render_sample_set(
                     })
                 bar.update(len(batch))
             store.add_samples(sset.id, rows)
+            _write_manifest(root, rows)
             del policy
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     except BaseException as exc:
-        text = str(exc).strip().splitlines()
-        store.update_sample_set_meta(sset.id, status="failed", error=f"{type(exc).__name__}: {text[0] if text else ''}")
+        store.update_sample_set_meta(sset.id, status="failed", error=one_line(exc, with_type=True))
         raise
     finally:
         bar.close()
@@ -347,30 +327,7 @@ def render_sample_set(
     return sset.id
 
 
-def sample_checkpoints(
-    checkpoints: str | Sequence[str],
-    prompts_file: str | Path,
-    seeds: str | Sequence[int],
-    *,
-    store: Store | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-    **plan_options: Any,
-) -> int:
-    """:func:`plan_sample_set` then :func:`render_sample_set` (default store: :func:`slas.platform.db.open_store`)."""
-    from slas.platform.db import open_store
-
-    plan = plan_sample_set(checkpoints, prompts_file, seeds, **plan_options)
-    own = store is None
-    store = store or open_store()
-    try:
-        return render_sample_set(plan, store, out=out, progress=progress)
-    finally:
-        if own:
-            store.close()
-
-
 __all__ = [
-    "BASE", "CheckpointSource", "SamplePlan", "SamplingError", "load_policy", "parse_seeds",
-    "plan_sample_set", "render", "render_sample_set", "sample_checkpoints",
+    "BASE", "MANIFEST", "CheckpointSource", "SamplePlan", "SamplingError", "load_policy", "parse_seeds",
+    "plan_sample_set", "render_sample_set",
 ]
