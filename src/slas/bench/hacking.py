@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from slas.bench import machine
+from slas.errors import SlasError
 from slas.shapes.demo import DemoPlan, Evaluator, demo_config, post_train
+
+
+class BenchError(SlasError, ValueError):
+    """Bad ``slas bench hacking`` input, in one line."""
+
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "dancegrpo": {"preset": "dancegrpo"},
@@ -142,11 +148,11 @@ def run_hacking(seeds: int = 3, *, out: str | Path = "runs/bench_hacking", resul
                 variants: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every (variant, seed), write ``results.json`` under ``out`` and the table to ``results_md``."""
     if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+        raise BenchError(f"--num-seeds must be >= 1, got {seeds}")
     names = list(variants or VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        raise BenchError(f"--variant: unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     plan = QUICK_PLAN if quick else BENCH_PLAN
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

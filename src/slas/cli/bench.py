@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slas.cli.common import SlasTyper, fail
+from slas.cli.common import SlasTyper
 from slas.paths import runs_root
 
 app = SlasTyper(help="Benchmarks (speed and overhead; never timed tests).")
@@ -43,8 +43,5 @@ def hacking(
     """
     from slas.bench.hacking import run_hacking
 
-    try:
-        run_hacking(num_seeds, out=out if out is not None else runs_root() / "bench_hacking", results_md=results,
-                    device=device, jobs=jobs, quick=quick, variants=variant)
-    except (ValueError, FileNotFoundError) as exc:  # an unknown --variant; the shipped assets missing
-        fail(exc)
+    run_hacking(num_seeds, out=out if out is not None else runs_root() / "bench_hacking", results_md=results,
+                device=device, jobs=jobs, quick=quick, variants=variant)

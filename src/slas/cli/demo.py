@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from slas.cli.common import SlasTyper, fail
+from slas.cli.common import SlasTyper
 from slas.paths import runs_root
 
 app = SlasTyper()
@@ -27,7 +27,4 @@ def demo(
     """
     from slas.shapes.demo import run_demo
 
-    try:
-        run_demo(out if out is not None else runs_root() / "demo", quick=quick, seed=seed)
-    except FileNotFoundError as exc:  # the shipped assets are missing: the message names the pretrain command
-        fail(exc)
+    run_demo(out if out is not None else runs_root() / "demo", quick=quick, seed=seed)

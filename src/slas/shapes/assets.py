@@ -10,11 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from slas.errors import SlasError
+
 T2I = "t2i"
 CLIP = "clip"
 PREFERENCE = "preference"
 PREFERENCE_WEIGHTS = "open_clip_model.safetensors"
 PRETRAIN_COMMAND = "python -m slas.shapes.pretrain"
+
+
+class MissingAssets(SlasError, FileNotFoundError):
+    """The shipped shapes-world models are not there; the message names the command that makes them."""
 
 
 def assets_dir() -> Path:
@@ -29,7 +35,7 @@ def check_assets(root: str | Path | None = None) -> Path:
     need = [root / T2I / "model_index.json", root / CLIP / "config.json", root / PREFERENCE / PREFERENCE_WEIGHTS]
     missing = [str(p.relative_to(root)) for p in need if not p.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingAssets(
             f"shapes-world assets missing in {root}: {', '.join(missing)}; make them with: {PRETRAIN_COMMAND} --out {root}"
         )
     return root
