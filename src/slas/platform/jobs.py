@@ -153,14 +153,16 @@ def get_backend(name: str) -> Backend:
 
 
 def _unused_run_dir(store: Store, cfg: SLASConfig, workdir: Path) -> tuple[str, Path]:
-    """The config's run name, or ``name-2``, ``name-3``... when another job or earlier run already wrote there."""
+    """The config's run name, or ``name-2``, ``name-3``... when another job or earlier run already wrote there
+    (under ``workdir``; the config's run dir rule decides the folder, ``SLAS_HOME`` included)."""
     base = cfg.run.name
+    root = (workdir / cfg.run_dir.parent).resolve()
     for n in range(1, 10_000):
         name = base if n == 1 else f"{base}-{n}"
-        run_dir = (workdir / cfg.run.output_dir / name).resolve()
+        run_dir = root / name
         if not store.find_jobs_by_run_dir(run_dir) and not (run_dir / "checkpoints").exists():
             return name, run_dir
-    raise JobError(f"no free run name for {base!r} under {cfg.run.output_dir}")
+    raise JobError(f"no free run name for {base!r} under {root}")
 
 
 class JobManager:
@@ -211,6 +213,7 @@ class JobManager:
         wd = Path(workdir or Path.cwd()).resolve()
         name, run_dir = _unused_run_dir(self.store, cfg, wd)
         cfg.run.name = name
+        cfg.run.output_dir = str(run_dir.parent)  # pinned: the job writes where its row says, whatever its env
         job = self.store.create_job(
             name=name, config=cfg.model_dump(mode="json"), run_dir=run_dir, backend=be.name, workdir=wd,
             log_path=run_dir / JOB_LOG,

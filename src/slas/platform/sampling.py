@@ -193,14 +193,9 @@ def plan_sample_set(
         if isinstance(reward, RewardConfig):
             reward_cfg = reward
         else:
-            from pydantic import ValidationError
-
             from slas.rewards.score import parse_reward_spec
 
-            try:
-                reward_cfg = parse_reward_spec(reward)
-            except ValidationError as exc:
-                raise SamplingError(f"--reward: {str(exc).splitlines()[0]}") from None
+            reward_cfg = parse_reward_spec(reward)  # a SlasError naming the spec when it is wrong
         preflight_reward(reward_cfg)
 
     meta = {
