@@ -20,8 +20,8 @@ __all__ = ["SetOpt", "app", "fail", "main"]
 
 HELP = f"""SLAS: reward-hacking-resistant RL post-training for diffusion models.
 
-First step: slas demo --quick. The demo is the only command that runs offline: it post-trains the shipped
-tiny shapes-world model with DanceGRPO and with SLAS on a CPU. Everything else needs model weights in the
+First step: slas demo --quick. The demo is the only command that runs offline: it post-trains the shipped \
+tiny shapes-world model with DanceGRPO and with SLAS on a CPU. Everything else needs model weights in the \
 Hugging Face cache; slas config CONFIG --check lists what is missing and how to fetch it.
 
 {WHERE_THINGS_GO}
