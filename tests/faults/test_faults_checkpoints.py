@@ -1,4 +1,4 @@
-"""Faults injected by the tests themselves (truncated files, planted pickles, diverging training), and what
+"""Checkpoint faults injected by the tests themselves (truncated files, planted pickles, diverging training), and
 the tool does about them: nothing runs from a checkpoint, damage is named and skipped, NaN never ships.
 """
 
