@@ -1,5 +1,5 @@
 """Checkpoint faults injected by the tests themselves (truncated files, planted pickles, diverging training), and
-the tool does about them: nothing runs from a checkpoint, damage is named and skipped, NaN never ships.
+what the tool does about them: nothing runs from a checkpoint, damage is named and skipped, NaN never ships.
 """
 
 from __future__ import annotations
