@@ -8,13 +8,17 @@ quantized tensor give the same number.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+from slas.errors import SlasError, one_line
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -56,10 +60,50 @@ def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(arr[..., :3])).permute(2, 0, 1).float() / 255.0  # a writable copy
 
 
+MAX_PIXELS_ENV = "SLAS_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: far beyond any model input, far below a decompression bomb
+
+
+class ImageError(SlasError, ValueError):
+    """An image file that cannot be used (missing, empty, not an image, truncated, too large); names the file."""
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) slas decodes: ``$SLAS_MAX_IMAGE_PIXELS``, else 64 megapixels."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "")
+    try:
+        return int(raw) if raw.strip() else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ImageError(f"{MAX_PIXELS_ENV}={raw!r}: expected a whole number of pixels") from None
+
+
 def load_image(path: Any) -> Tensor:
-    """A float [3, H, W] tensor in [0, 1] of the image file at ``path`` (converted to RGB)."""
-    with Image.open(path) as img:
-        return to_tensor(img)
+    """A float [3, H, W] tensor in [0, 1] of the image file at ``path`` (converted to RGB).
+
+    Raises :class:`ImageError` in one line naming the file for anything that is not a complete image of at
+    most :func:`max_pixels` pixels; the size is checked from the header, before any pixel is decoded.
+    """
+    limit = max_pixels()
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: image file not found")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes), not an image")
+    try:
+        with Image.open(p) as img:
+            w, h = img.size
+            if w * h > limit:
+                raise ImageError(f"{p}: {w}x{h} = {w * h:,} pixels is over the limit of {limit:,} ({MAX_PIXELS_ENV})")
+            img.load()
+            return to_tensor(img)
+    except Image.DecompressionBombError as exc:  # PIL's own guard fires on open, before the size is ours to read
+        raise ImageError(f"{p}: {one_line(exc, limit=120)} (slas decodes at most {limit:,}, {MAX_PIXELS_ENV})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{p}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"{p}: damaged image ({one_line(exc, with_type=True, limit=120)})") from None
 
 
 def make_grid(images: Tensor | Sequence[Tensor], *, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:

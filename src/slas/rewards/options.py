@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,9 +124,7 @@ def _one_image(im: Any, name: str) -> Tensor:
     from slas.images import load_image, to_tensor
 
     if isinstance(im, (str, os.PathLike)):
-        if not Path(im).is_file():
-            raise ValueError(f"{name}: image file not found: {im}")
-        return load_image(im)
+        return load_image(im)  # an ImageError (a ValueError) naming the file when it cannot be used
     if isinstance(im, Image.Image):
         return to_tensor(im)
     raise ValueError(f"{name}: unsupported image type {type(im).__name__}")

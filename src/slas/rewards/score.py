@@ -135,13 +135,6 @@ def image_set(images_dir: str | Path, prompts_file: str | Path | None = None) ->
     return ImageSet(root, files, [str(row.get("prompt", "")) for row in rows], meta, str(manifest))
 
 
-def _load(path: Path) -> torch.Tensor:
-    try:
-        return load_image(path)
-    except OSError as exc:  # PIL: not an image, or a truncated one
-        raise ScoreError(f"{path}: not a readable image ({one_line(exc)})") from None
-
-
 def _conditions(conditions: dict[str, str | Path] | None, n: int) -> dict[str, list[Path]]:
     """Each condition folder's images, aligned with the scored images by position."""
     out = {}
@@ -162,7 +155,7 @@ def score_images(
     passed as lists of image paths.
     """
     cond_files = _conditions(conditions, len(images.files))
-    tensors = [_load(f) for f in images.files]
+    tensors = [load_image(f) for f in images.files]
     by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
         by_size[tuple(t.shape)].append(i)
