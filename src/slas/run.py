@@ -27,13 +27,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from slas.config import SLASConfig, flatten
 from slas.errors import SlasError, one_line
+from slas.platform.rundir import hold_run_dir, release_run_dir
 from slas.platform.tracking import MLflowTracker, TeeTracker, TrackingError, make_tracker, read_metrics
 from slas.policies import load_policy
 from slas.preflight import preflight
 from slas.rewards import build
 from slas.rl import distributed
 from slas.rl.callbacks import IterationLog
-from slas.rl.checkpoint import latest_checkpoint, list_checkpoints
+from slas.rl.checkpoint import latest_checkpoint, list_checkpoints, remove_orphans
 from slas.rl.protocols import Callback
 from slas.rl.trainer import Trainer
 from slas.t2i.prompts import PromptSource
@@ -79,7 +80,8 @@ def build_trainer(
     tracker = None
     if rank == 0:  # one writer per run
         run_dir = config.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        hold_run_dir(run_dir)  # RunDirBusy when another process writes there; this one may hold it already
+        remove_orphans(run_dir / "checkpoints")  # what a crash mid-checkpoint left
         if not resume:
             _move_previous_run(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -223,17 +225,20 @@ def run_training(
             preflight(config)  # a run that cannot start gets no job row
         if resume:
             check_resumable(config)  # before any job row, model or MLflow run
+        hold_run_dir(config.run_dir)  # a run dir another job writes is refused before any job row too
         own_store = store is None
-        if own_store:
-            store = open_store()
         try:
+            if own_store:
+                store = open_store()
             if job_id is None:
                 job_id = _job_for_direct_run(store, config, resume)
+            hold_run_dir(config.run_dir, job_id=job_id)  # now the note can name the job
             attempt = store.begin_attempt(job_id, pid=os.getpid())
             return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks)
         finally:
-            if own_store:
+            if own_store and store is not None:
                 store.close()
+            release_run_dir(config.run_dir)
 
 
 def _close_tracker(tracker: Any, status: str) -> None:
