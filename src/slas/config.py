@@ -6,16 +6,18 @@ is touched.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slas.errors import SlasError
 from slas.paths import runs_root
 from slas.rl.advantages import PRESETS
+from slas.torch_utils import DeviceError, parse_device
 
 
 class ConfigError(SlasError, ValueError):
@@ -23,14 +25,30 @@ class ConfigError(SlasError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, and so are ``.inf``/``.nan`` in any number: a learning rate of ``.inf``
+    trains every weight to NaN and still ends as a completed run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _non_finite_key(value: Any, key: str = "") -> str | None:
+    """The dotted key of the first non-finite float inside ``value`` (free-form options the typed fields
+    do not reach), or ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for k, v in items:
+        found = _non_finite_key(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 class LoraSettings(_Strict):
     rank: int = Field(128, gt=0)
     alpha: float = Field(256.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    target_modules: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
     lr: float | None = Field(None, gt=0, description="learning rate when finetune=lora (None: train.lr)")
 
 
@@ -43,6 +61,16 @@ class ModelConfig(_Strict):
     finetune: Literal["full", "lora"] = "full"
     lora: LoraSettings = LoraSettings()
     gradient_checkpointing: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        """A name torch can parse (``banana`` fails here; whether the device is present is preflight's)."""
+        try:
+            parse_device(value)
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class DataConfig(_Strict):
@@ -118,14 +146,27 @@ class RewardComponent(_Strict):
     weight: float | dict[str, float] = 1.0
     options: dict[str, Any] = {}
 
+    @field_validator("options")
+    @classmethod
+    def _finite_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The typed fields refuse ``.inf``/``.nan`` through the model config; free-form options are checked here."""
+        key = _non_finite_key(value)
+        if key is not None:
+            raise ValueError(f"options.{key} is not a finite number; give a finite value")
+        return value
+
 
 class RewardConfig(_Strict):
     components: list[RewardComponent] = Field(min_length=1)
     normalize: Literal["none", "group_zscore"] = "none"
 
 
+RUN_NAME_CHARS = "letters, digits, '.', '_' and '-'"
+_RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 class RunConfig(_Strict):
-    name: str = Field("run", min_length=1)
+    name: str = Field("run", min_length=1, description=f"the run dir's folder name: {RUN_NAME_CHARS}")
     output_dir: str | None = Field(
         None, description="folder of run dirs, used as given (None: slas.paths.runs_root(), i.e. ./runs or $SLAS_HOME/runs)"
     )
@@ -137,6 +178,28 @@ class RunConfig(_Strict):
     )
     progress: bool = True
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        """One folder name: ``../../victim`` or ``/etc`` as a name would write (and move earlier outputs) outside
+        ``run.output_dir``."""
+        if not _RUN_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a run name: use one folder name of {RUN_NAME_CHARS}, "
+                             "not starting with '.' (no '/', no '..')")
+        return value
+
+
+def run_dir_of(run: RunConfig) -> Path:
+    """``run.output_dir/run.name`` (or under :func:`slas.paths.runs_root`), refused with :class:`ConfigError`
+    when it resolves outside that folder (a symlink out of it): a fresh run moves what it finds in its run
+    dir aside and writes its own outputs there, so it must never be someone else's folder."""
+    root = Path(run.output_dir) if run.output_dir is not None else runs_root()
+    run_dir = root / run.name
+    if not run_dir.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"run.name: run dir {run_dir} resolves to {run_dir.resolve()}, outside the runs folder "
+                          f"{root.resolve()}; choose another run.name (or remove the link)")
+    return run_dir
+
 
 class SLASConfig(_Strict):
     run: RunConfig = RunConfig()
@@ -147,12 +210,16 @@ class SLASConfig(_Strict):
     train: TrainConfig = TrainConfig()
     reward: RewardConfig
 
+    @model_validator(mode="after")
+    def _run_dir_inside_its_root(self) -> SLASConfig:
+        run_dir_of(self.run)
+        return self
+
     @property
     def run_dir(self) -> Path:
         """``run.output_dir/run.name``; without an output dir, under :func:`slas.paths.runs_root` (the one
-        rule of where outputs go, so ``SLAS_HOME`` moves runs too)."""
-        root = Path(self.run.output_dir) if self.run.output_dir is not None else runs_root()
-        return root / self.run.name
+        rule of where outputs go, so ``SLAS_HOME`` moves runs too); see :func:`run_dir_of`."""
+        return run_dir_of(self.run)
 
     @property
     def learning_rate(self) -> float:
@@ -178,8 +245,37 @@ class TrainerConfig(_Strict):
     run_dir: Path
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names a key twice; PyYAML would keep the last silently (a second ``run:`` section replaced
+    the first whole)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r} at line {again.line + 1} (first at line {first.line + 1})",
+                         problem_mark=again)
+        self.key = key
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-5``; YAML 1.1 reads them as strings)."""
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-5``; YAML 1.1 reads them as strings),
+    and refusing a key given twice in one mapping (:class:`DuplicateKeyError`)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        self._refuse_duplicate_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        """Explicit keys only: keys merged in with ``<<:`` may be overridden, as YAML intends."""
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
 
 
 _Loader.add_implicit_resolver(
@@ -190,13 +286,58 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML as the config does (safe, with ``1e-5`` read as a float)."""
+    """Parse YAML as the config does (safe, with ``1e-5`` read as a float, a key given twice an error)."""
     return yaml.load(text, Loader=_Loader)
 
 
+def yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    """One line on what is wrong with the YAML of ``source``: a duplicate key with both lines and the fix,
+    else the line it broke at."""
+    if isinstance(exc, DuplicateKeyError):
+        return f"{source}: {exc.problem}; merge them into one"
+    mark = getattr(exc, "problem_mark", None)
+    return f"{source} is not valid YAML at line {mark.line + 1}" if mark else f"{source} is not valid YAML"
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``, or :class:`ConfigError` naming it when it is binary (NUL bytes, or not
+    UTF-8): a wrong file given by mistake (a checkpoint, an image) should say so, not fail deep in a parser."""
+    data = path.read_bytes()
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError(f"{what} {path} is a binary file (NUL byte at offset {nul}); give a UTF-8 text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}); give a UTF-8 text file") from None
+
+
+# the member tags pydantic puts in an error's location inside a union (``weight.float``), not config keys
+_UNION_TAG = re.compile(r"(float|int|str|bool|none|(list|dict|tuple)\[.*\])")
+
+
+def _field_of(loc: tuple) -> tuple:
+    """``loc`` up to its first union member tag: the config key the error is about."""
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and _UNION_TAG.fullmatch(part):
+            return loc[:i]
+    return loc
+
+
+def _union_error(errors: list[dict]) -> dict:
+    """The first error, or for a union field the member's error that is about the value rather than its
+    type (``weight: {a: .nan}`` fails as a float too, which says nothing)."""
+    first = errors[0]
+    field = _field_of(first["loc"])
+    if field == first["loc"]:
+        return first
+    same = [e for e in errors if _field_of(e["loc"]) == field and not e["type"].endswith("_type")]
+    return same[0] if same else first
+
+
 def _first_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    e = _union_error(err.errors())
+    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and _UNION_TAG.fullmatch(p)))
     if e["type"] == "extra_forbidden":
         return f"{loc}: unknown key"
     if e["type"] == "missing":
@@ -219,8 +360,21 @@ def apply_override(data: dict, override: str) -> None:
         node = nxt
     try:
         node[parts[-1]] = load_yaml(raw) if raw.strip() else raw
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} names {exc.key!r} twice; keep one") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from exc
+
+
+def _refuse_repeated_overrides(overrides: list[str]) -> None:
+    """``--set a=1 ... --set a=2``: which one was meant is a guess, so neither is taken."""
+    given: dict[str, str] = {}
+    for ov in overrides:
+        key, _, raw = ov.partition("=")
+        key = key.strip()
+        if key in given and given[key] != raw:
+            raise ConfigError(f"--set {key} is given twice ({given[key]!r} and {raw!r}); give it once")
+        given.setdefault(key, raw)
 
 
 def _drop_the_files_power(data: dict, overrides: list[str]) -> None:
@@ -239,6 +393,7 @@ def _drop_the_files_power(data: dict, overrides: list[str]) -> None:
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> SLASConfig:
     """Validate a config mapping after applying ``key=value`` overrides (one-line :class:`ConfigError`)."""
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    _refuse_repeated_overrides(list(overrides or []))
     for ov in overrides or []:
         apply_override(data, ov)
     _drop_the_files_power(data, list(overrides or []))
@@ -262,11 +417,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SLASCon
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = load_yaml(p.read_text()) or {}
+        data = load_yaml(read_text_file(p, "config file")) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+        raise ConfigError(yaml_problem(f"config file {p}", exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return config_from_dict(data, overrides)

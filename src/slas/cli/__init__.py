@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from slas.cli import bench, demo, jobs, reward, sample, train
-from slas.cli.common import SetOpt, SlasTyper, fail, one_line_warnings
+from slas.cli.common import DEBUG_KEY, SetOpt, SlasTyper, fail, one_line_warnings
 from slas.paths import WHERE_THINGS_GO
 
 __all__ = ["SetOpt", "app", "fail", "main"]
@@ -55,7 +55,12 @@ def _root(
     show_version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_print_version, help="print the version and exit")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the full traceback of an unexpected error (otherwise it goes to "
+                                           "$SLAS_HOME/logs/last-error.txt)")
+    ] = False,
 ) -> None:
+    ctx.meta[DEBUG_KEY] = debug
     one_line_warnings(ctx)
 
 

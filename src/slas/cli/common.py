@@ -2,7 +2,10 @@
 
 Errors: a command lets any :class:`slas.errors.SlasError` rise; the group that runs it prints
 ``error: <line>`` (one line per problem) and exits with the error's ``exit_code``. A command catches a
-builtin only where a library raises one for bad input, and hands it to :func:`fail` too.
+builtin only where a library raises one for bad input, and hands it to :func:`fail` too. Any other
+exception is a bug or an environment failure: the user sees ``error: <type>: <first line> (traceback in
+<file>)`` and exit 1, the traceback goes to ``$SLAS_HOME/logs/last-error.txt``; ``slas --debug`` shows it
+instead. Click's own usage errors (exit 2) and Ctrl-C pass through untouched.
 
 Warnings: while a command runs, slas's own warnings print as ``warning: <message>``, without the
 ``file.py:820: RuntimeWarning:`` prefix and source line Python adds, which mean nothing to a user.
@@ -10,6 +13,8 @@ Warnings: while a command runs, slas's own warnings print as ``warning: <message
 
 from __future__ import annotations
 
+import importlib
+import traceback
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -19,6 +24,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 import slas
 from slas.errors import SlasError, one_line
+from slas.paths import slas_home
 
 SetOpt = Annotated[
     list[str] | None,
@@ -63,14 +69,60 @@ class Command(_FlagsTakeNoValue, TyperCommand):
     """A ``slas`` command."""
 
 
+DEBUG_KEY = "slas.debug"  # in ``ctx.meta`` (shared by every context of one invocation): ``slas --debug``
+LAST_ERROR = "last-error.txt"
+
+
+def _click_exits() -> tuple[type[BaseException], ...]:
+    """What click raises to end a command on purpose (usage errors, ``typer.Exit``, Ctrl-C's abort): click's
+    own classes, or those of the copy of click newer typer versions vendor (``typer._click``)."""
+    kinds: list[type[BaseException]] = [typer.Exit]
+    for module in ("typer.exceptions", "typer._click.exceptions", "click.exceptions"):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        kinds += [getattr(found, name) for name in ("TyperException", "ClickException", "Exit", "Abort")
+                  if isinstance(getattr(found, name, None), type)]
+    return tuple(dict.fromkeys(kinds))
+
+
+_CLICK_EXITS = _click_exits()
+
+
+def save_traceback(exc: BaseException) -> Path:
+    """Write ``exc``'s full traceback to ``$SLAS_HOME/logs/last-error.txt`` (replacing the last one)."""
+    path = slas_home() / "logs" / LAST_ERROR
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), encoding="utf-8")
+    return path
+
+
+def fail_unexpected(exc: Exception) -> NoReturn:
+    """An error no slas code raised on purpose: one line saying where its traceback is, exit 1."""
+    try:
+        where = f"traceback in {save_traceback(exc)}"
+    except OSError as err:
+        where = f"traceback not saved: {one_line(err)}; rerun with slas --debug"
+    typer.echo(f"error: {one_line(exc, with_type=True)} ({where})", err=True)
+    raise typer.Exit(1)
+
+
 class Group(_FlagsTakeNoValue, TyperGroup):
-    """A ``slas`` command group; the outermost one turns a :class:`SlasError` from any command into :func:`fail`."""
+    """A ``slas`` command group; the innermost one turns an error from any command into :func:`fail` (a
+    :class:`SlasError`) or :func:`fail_unexpected` (anything else, unless ``--debug``)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SlasError as exc:
             fail(exc)
+        except _CLICK_EXITS:
+            raise
+        except Exception as exc:
+            if ctx.meta.get(DEBUG_KEY):
+                raise
+            fail_unexpected(exc)
 
 
 class SlasTyper(typer.Typer):
