@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slas.errors import SlasError
+from slas.errors import SlasError, one_line
 from slas.paths import runs_root
 from slas.rl.advantages import PRESETS
 from slas.torch_utils import DeviceError, parse_device
@@ -302,7 +302,10 @@ def yaml_problem(source: str, exc: yaml.YAMLError) -> str:
 def read_text_file(path: Path, what: str) -> str:
     """The UTF-8 text of ``path``, or :class:`ConfigError` naming it when it is binary (NUL bytes, or not
     UTF-8): a wrong file given by mistake (a checkpoint, an image) should say so, not fail deep in a parser."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror or one_line(exc)}); check its permissions") from None
     nul = data.find(b"\x00")
     if nul >= 0:
         raise ConfigError(f"{what} {path} is a binary file (NUL byte at offset {nul}); give a UTF-8 text file")

@@ -43,7 +43,7 @@ def load_prompts(path: str | Path, field: str | None = None) -> list[str]:
     if suffix == ".txt":
         prompts = [line.strip() for line in text.splitlines()]
     else:
-        rows = _jsonl_rows(p, text) if suffix == ".jsonl" else list(csv.DictReader(io.StringIO(text, newline="")))
+        rows = _jsonl_rows(p, text) if suffix == ".jsonl" else _csv_rows(p, text)
         prompts = _field_values(p, rows, field)
     prompts = [x for x in prompts if x]
     if not prompts:
@@ -66,6 +66,15 @@ def _jsonl_rows(p: Path, text: str) -> list[dict]:
                                   '{"prompt": "..."}')
         rows.append(row)
     return rows
+
+
+def _csv_rows(p: Path, text: str) -> list[dict]:
+    """The rows of a CSV file with a header; a file the csv module cannot read is one line naming it."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise PromptFileError(f"{p} is not readable CSV ({exc}); write a header row, then one row a prompt") from None
 
 
 def _field_values(p: Path, rows: list[dict], field: str | None) -> list[str]:
