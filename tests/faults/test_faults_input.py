@@ -449,3 +449,14 @@ def test_usage_errors_slas_errors_and_ctrl_c_keep_their_paths(tmp_path, demo_rai
     assert ctrl_c.exit_code != 0 and "traceback in" not in error_text(ctrl_c)
     assert not (slas_home() / "logs" / "last-error.txt").exists()
 
+
+
+def test_a_reward_on_a_device_this_machine_lacks_fails_preflight():
+    """A reward's own `options.device` is checked like the model's: before any weights load."""
+    from slas.rewards.options import check_common_options
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(PreflightError, match=rf"^reward clip options\.device=cuda:{count}: this machine has"):
+        check_common_options("clip", device=f"cuda:{count}", dtype="float32", batch_size=8)
+    with pytest.raises(PreflightError, match=r"^reward clip options\.device: 'banana' is not a device"):
+        check_common_options("clip", device="banana", dtype="float32", batch_size=8)

@@ -19,7 +19,7 @@ from torch import Tensor
 from slas.preflight import PreflightError
 from slas.rewards.encoders import resolve_encoder_files
 from slas.rewards.preprocess import check_preprocess
-from slas.torch_utils import resolve_dtype
+from slas.torch_utils import DeviceError, device_unavailable, parse_device, resolve_dtype
 
 __all__ = ["check_common_options", "check_encoder_options", "checked_factory", "load_image_batch"]
 
@@ -31,10 +31,12 @@ def check_common_options(reward: str, *, device: Any, dtype: Any, batch_size: An
     except ValueError as e:
         raise PreflightError(f"reward {reward} options.dtype: {e}") from None
     try:
-        if str(device) != "auto":
-            torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PreflightError(f"reward {reward} options.device: not a torch device: {device!r}") from None
+        parsed = parse_device(device)
+    except DeviceError as e:
+        raise PreflightError(f"reward {reward} options.device: {e}") from None
+    why = parsed is not None and device_unavailable(parsed)
+    if why:
+        raise PreflightError(f"reward {reward} options.device={device}: {why}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise PreflightError(f"reward {reward} options.batch_size: must be a positive integer, got {batch_size!r}")
 
