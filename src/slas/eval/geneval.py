@@ -48,11 +48,20 @@ def relative_position(a: DetectedObject, b: DetectedObject) -> set[str]:
     return rel
 
 
-def evaluate(record: dict, detections: Sequence[DetectedObject]) -> tuple[bool, str]:
-    """(correct, reason) for one image of ``record``."""
+def evaluate(record: dict, detections: Sequence[DetectedObject], *, top_count: bool = False) -> tuple[bool, str]:
+    """(correct, reason) for one image of ``record``.
+
+    ``top_count``: ``detections`` are in confidence order and colour and position are judged only on the
+    ``count`` most confident objects of each required class, as GenEval's ``evaluate_images.py`` does for
+    its COCO detector (a stray low-confidence object of the wrong colour then does not fail the image).
+    Without it every detected object of the class counts (the shapes world's judge, whose detections are
+    not scored).
+    """
     matched: list[list[DetectedObject] | None] = []
     for req in record["include"]:
         found = [d for d in detections if d.shape == req["class"]]
+        if top_count:
+            found = found[: req["count"]]
         if len(found) < req["count"]:
             matched.append(None)
             return False, f"expected {req['class']} >= {req['count']}, found {len(found)}"
