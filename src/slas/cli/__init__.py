@@ -1,7 +1,7 @@
 """The ``slas`` command line: one module per command group, one app, one error path.
 
-``train`` (train, config), ``sample``, ``demo``, ``reward``, ``jobs`` and ``bench`` each live in their own
-module and are added here; :mod:`slas.cli.common` holds what they share (``--set``, :func:`fail`, the
+``train`` (train, config), ``sample``, ``demo``, ``reward``, ``jobs``, ``eval`` and ``bench`` each live in
+their own module and are added here; :mod:`slas.cli.common` holds what they share (``--set``, :func:`fail`, the
 app and command classes).
 """
 
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from slas.cli import bench, demo, jobs, reward, sample, train
+from slas.cli import eval as eval_cli  # `eval` would shadow the builtin
 from slas.cli.common import DEBUG_KEY, SetOpt, SlasTyper, fail, one_line_warnings
 from slas.paths import WHERE_THINGS_GO
 
@@ -33,6 +34,7 @@ app.add_typer(train.app)
 app.add_typer(sample.app)
 app.add_typer(reward.app, name="reward")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(eval_cli.app, name="eval")
 app.add_typer(bench.app, name="bench")
 
 
