@@ -1,4 +1,8 @@
-"""``slas jobs``: submit, list, show, logs, cancel and resume training jobs (the job store's command line)."""
+"""``slas jobs``: submit, list, show, logs, cancel and resume training jobs (the job store's command line).
+
+What a job recorded (its error, its attempts' errors) may quote a store or tracking URL: it is shown with
+any password masked (:func:`slas.credentials.redact_text`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from slas.cli.common import SetOpt, SlasTyper
+from slas.credentials import redact_text
 
 if TYPE_CHECKING:
     from slas.platform.jobs import JobManager
@@ -34,6 +39,11 @@ def _manager() -> Iterator[JobManager]:
         yield JobManager(store)
     finally:
         store.close()
+
+
+def _masked(text: str | None) -> str | None:
+    """A recorded message as it may be shown: credentials masked."""
+    return redact_text(text) if text is not None else None
 
 
 def _when(ts: datetime | None) -> str:
@@ -79,7 +89,7 @@ def list_jobs(
                     "id": j.id, "name": j.name, "status": j.status, "backend": j.backend,
                     "created_at": j.created_at.isoformat(), "started_at": j.started_at and j.started_at.isoformat(),
                     "finished_at": j.finished_at and j.finished_at.isoformat(), "checkpoint": latest.get(j.id),
-                    "run_dir": j.run_dir, "error": j.error, "mlflow_run_id": j.mlflow_run_id,
+                    "run_dir": j.run_dir, "error": _masked(j.error), "mlflow_run_id": j.mlflow_run_id,
                 }))
             return
         if not jobs:
@@ -102,7 +112,7 @@ def show(job_id: JobId) -> None:
         j = jm.get(job_id)
         for key, value in [
             ("id", j.id), ("name", j.name), ("status", j.status), ("backend", j.backend),
-            ("message", j.error or "-"), ("created", _when(j.created_at)), ("started", _when(j.started_at)),
+            ("message", _masked(j.error) or "-"), ("created", _when(j.created_at)), ("started", _when(j.started_at)),
             ("finished", _when(j.finished_at)), ("elapsed", _elapsed(j.started_at, j.finished_at)),
             ("host", j.host or "-"), ("pid", j.pid if j.pid is not None else "-"), ("workdir", j.workdir),
             ("run dir", j.run_dir), ("log", j.log_path or "-"), ("mlflow run", j.mlflow_run_id or "-"),
@@ -113,7 +123,7 @@ def show(job_id: JobId) -> None:
         for a in attempts:
             start = f" from {Path(a.resumed_from).name}" if a.resumed_from else ""
             end = f" exit {a.exit_code}" if a.exit_code is not None else ""
-            err = f" ({a.error})" if a.error else ""
+            err = f" ({_masked(a.error)})" if a.error else ""
             typer.echo(f"  #{a.number} {a.status:<9} pid {a.pid} on {a.host}, {_when(a.started_at)}"
                        f" .. {_when(a.finished_at)}{start}{end}{err}")
         ckpts = jm.store.list_checkpoints(j.id)

@@ -22,6 +22,7 @@ from typing import Protocol
 import yaml
 
 from slas.config import SLASConfig, config_from_dict, load_config
+from slas.credentials import redact_text
 from slas.errors import SlasError
 from slas.platform.db import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobNotFound, Store, StoreError, hostname
 from slas.platform.tracking import default_tracking_uri
@@ -97,14 +98,15 @@ class LocalBackend:
         cmd = [sys.executable, "-m", "slas", "train", str(config_path), "--job-id", str(job.id)]
         if resume:
             cmd.append("--resume")
-        # the tracking store is resolved here, so a job started from another folder logs to the same one
+        # the tracking store is resolved here, so a job started from another folder logs to the same one;
+        # the environment carries the stores' credentials to the child and is never written to the log
         env = {**os.environ, "SLAS_DATABASE_URL": store_url, "MLFLOW_TRACKING_URI": default_tracking_uri(),
                "PYTHONUNBUFFERED": "1"}
         log_path = Path(job.log_path or Path(job.run_dir) / JOB_LOG)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"=== {stamp} {'resume' if resume else 'start'}: {' '.join(cmd)}\n".encode())
+            log.write(redact_text(f"=== {stamp} {'resume' if resume else 'start'}: {' '.join(cmd)}\n").encode())
             log.flush()
             # a new session: the job survives the terminal (and its Ctrl-C) that submitted it
             proc = subprocess.Popen(
@@ -199,8 +201,9 @@ class JobManager:
         try:
             pid = backend.launch(job, config_path, resume=resume, store_url=self.store.url)
         except (OSError, JobError) as exc:
-            self.store.finish_job(job.id, "failed", error=f"launch failed: {exc}")
-            raise JobError(f"job {job.id}: launch failed: {exc}") from None
+            reason = redact_text(str(exc))
+            self.store.finish_job(job.id, "failed", error=f"launch failed: {reason}")
+            raise JobError(f"job {job.id}: launch failed: {reason}") from None
         return self.store.update_job(job.id, pid=pid, host=hostname())
 
     def submit(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from slas.credentials import redact_text
 from slas.errors import one_line
 from slas.platform.tracking.jsonl import safe_name
 from slas.platform.tracking.outage import is_outage, server_answered
@@ -86,7 +87,7 @@ class RecordBuffer:
                         self.rewrite(records[i:])
                         raise
                 warnings.warn(
-                    f"dropped buffered {record.get('kind')} record: {one_line(exc)}", RuntimeWarning, stacklevel=5
+                    f"dropped buffered {record.get('kind')} record: {redact_text(one_line(exc))}", RuntimeWarning, stacklevel=5
                 )
             if record.get("file"):
                 Path(record["file"]).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slas.config import flatten
+from slas.credentials import redact_text, redact_url
 from slas.errors import one_line
 from slas.images import to_pil
 from slas.platform.tracking import mlflow_run, registry
@@ -33,6 +34,19 @@ if TYPE_CHECKING:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _masked(exc: Any) -> Any:
+    """An MLflow error (same type, code and status) whose message shows no password, its causes dropped:
+    MLflow and requests repeat the request URL in them."""
+    exc.message = redact_text(str(exc.message))
+    exc.args = (exc.message,)
+    return exc
+
+
+def _said(exc: BaseException) -> str:
+    """An error's first line as a message may show it: MLflow's errors repeat the request URL, password and all."""
+    return redact_text(one_line(exc))
 
 
 class MLflowTracker:
@@ -50,6 +64,10 @@ class MLflowTracker:
     ``retry_interval`` seconds (doubling, up to ``max_retry_interval``, while it stays away, so a server
     that hangs costs at most one ``http_timeout`` per wait). The next call after that replays the buffer in
     order first.
+
+    The tracking URI may carry a password: every message, warning and ``mlflow_state.json`` shows it
+    masked (:func:`slas.credentials.redact_url`); a reopened run dir is matched to the store by the masked
+    form, and the connection itself always uses the real URI from the argument or the environment.
     """
 
     BUFFER_NAME = "mlflow_buffer.jsonl"
@@ -76,6 +94,7 @@ class MLflowTracker:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.shown_uri = redact_url(self.tracking_uri)  # what messages and the state file say
         self.experiment = experiment
         self.run_name = run_name
         self.retry_interval = float(retry_interval)
@@ -93,7 +112,7 @@ class MLflowTracker:
             self._artifact_root.parent.mkdir(parents=True, exist_ok=True)
 
         state = self._read_state()
-        same_store = state.get("tracking_uri") == self.tracking_uri
+        same_store = state.get("tracking_uri") in (self.shown_uri, self.tracking_uri)  # masked, or an old file
         self._explicit_run = run_id is not None
         self._run_id: str | None = run_id or (state.get("run_id") if same_store else None)
         reuse_steps = same_store and state.get("run_id") == self._run_id
@@ -218,7 +237,7 @@ class MLflowTracker:
         self._closed = True
         if self.buffered:
             warnings.warn(
-                f"MLflow store {self.tracking_uri} still unreachable at close: {self.buffered} tracking "
+                f"MLflow store {self.shown_uri} still unreachable at close: {self.buffered} tracking "
                 f"records stay in {self.buffer_path}; they are replayed when a tracker next opens this run dir",
                 TrackingServerUnavailable,
                 stacklevel=2,
@@ -251,11 +270,15 @@ class MLflowTracker:
         """Attach the run and replay the buffer; False while the store is (recently found) unreachable."""
         if self._offline and not force and time.monotonic() - self._failed_at < self._wait():
             return False
+        from mlflow.exceptions import MlflowException
+
         try:
             with self._http({"kind": "attach"}):
                 self._attach()
                 self._buffer.replay(self._resend, max_tries=self.max_replay_tries)
         except Exception as exc:
+            if isinstance(exc, MlflowException) and not is_outage(exc):  # refused; its text names the URL
+                raise _masked(exc) from None
             if not is_outage(exc):
                 raise
             self._go_offline(exc)
@@ -286,7 +309,7 @@ class MLflowTracker:
         if not self._offline:
             self._offline = True
             warnings.warn(
-                f"MLflow tracking store {self.tracking_uri} is unreachable ({one_line(exc)}); the run goes on "
+                f"MLflow tracking store {self.shown_uri} is unreachable ({_said(exc)}); the run goes on "
                 f"and tracking records are buffered in {self.buffer_path} until it answers again "
                 f"(retried after {self.retry_interval:g} s, then less often) [{time.strftime('%H:%M:%S')}]",
                 TrackingServerUnavailable,
@@ -300,7 +323,7 @@ class MLflowTracker:
         if not isinstance(exc, MlflowException | FileNotFoundError):
             raise exc
         warnings.warn(
-            f"MLflow rejected a {record.get('kind')} record and it was dropped: {one_line(exc)}",
+            f"MLflow rejected a {record.get('kind')} record and it was dropped: {_said(exc)}",
             RuntimeWarning,
             stacklevel=4,
         )
@@ -333,10 +356,10 @@ class MLflowTracker:
         warning and a new run (the store was reset, or the run dir was copied from another store)."""
         if self._explicit_run and self._constructing:
             raise TrackingError(
-                f"MLflow run {self._run_id} not found in {self.tracking_uri}: {one_line(exc)}"
+                f"MLflow run {self._run_id} not found in {self.shown_uri}: {_said(exc)}"
             ) from None
         warnings.warn(
-            f"MLflow run {self._run_id} is not in {self.tracking_uri}; logging to a new run instead",
+            f"MLflow run {self._run_id} is not in {self.shown_uri}; logging to a new run instead",
             RuntimeWarning,
             stacklevel=5,
         )
@@ -382,9 +405,9 @@ class MLflowTracker:
             return {}
 
     def _write_state(self) -> None:
-        """Remember the store, run id and last logged steps in ``mlflow_state.json`` (atomically)."""
+        """Remember the store (password masked), run id and last logged steps in ``mlflow_state.json`` (atomically)."""
         state = {
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": self.shown_uri,
             "experiment": self.experiment,
             "run_id": self._run_id,
             "last_step": self._last_step,

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slas.credentials import redact_text
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -33,8 +35,9 @@ def clean_key(key: str) -> str:
 
 
 def param_value(value: Any) -> str:
+    """A param as MLflow stores it: a string (JSON for others), credentials masked, cut to MLflow's limit."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:MAX_PARAM_VALUE_LENGTH]
+    return redact_text(text)[:MAX_PARAM_VALUE_LENGTH]
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
