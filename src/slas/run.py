@@ -20,13 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
 from slas.config import SLASConfig, flatten
+from slas.credentials import redact_url
 from slas.errors import SlasError, one_line
+from slas.platform.durable import DurableRecorder
 from slas.platform.rundir import hold_run_dir, release_run_dir
 from slas.platform.tracking import MLflowTracker, TeeTracker, TrackingError, make_tracker, read_metrics
 from slas.policies import load_policy
@@ -234,7 +235,11 @@ def run_training(
                 job_id = _job_for_direct_run(store, config, resume)
             hold_run_dir(config.run_dir, job_id=job_id)  # now the note can name the job
             attempt = store.begin_attempt(job_id, pid=os.getpid())
-            return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks)
+            recorder = DurableRecorder(store, config.run_dir)
+            try:
+                return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks, recorder)
+            finally:
+                recorder.close()  # what a locked store kept waiting lands now, or stays queued on disk
         finally:
             if own_store and store is not None:
                 store.close()
@@ -251,25 +256,16 @@ def _close_tracker(tracker: Any, status: str) -> None:
         warnings.warn(f"tracker: close failed: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
 
 
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (store and tracking URLs may carry credentials)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def where_it_goes(trainer: Trainer, store: Any, job_id: int | None) -> str:
     """One line saying where a run's outputs, its job record and its MLflow run are."""
     from slas.platform.tracking import default_tracking_uri
 
     parts = [f"[{trainer.config.run.name}] outputs: {trainer.run_dir.resolve()}"]
     if store is not None:
-        parts.append(f"job {job_id} in {redact(store.url)}")
+        parts.append(f"job {job_id} in {redact_url(store.url)}")
     run_id = getattr(trainer.tracker, "run_id", None)
     if run_id:
-        parts.append(f"MLflow run {run_id} in {redact(default_tracking_uri())}")
+        parts.append(f"MLflow run {run_id} in {redact_url(default_tracking_uri())}")
     return "; ".join(parts)
 
 
@@ -288,12 +284,12 @@ class _JobCallback(Callback):
 
 
 def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, store: Any, job_id: int | None,
-                    attempt: Any, callbacks: Sequence[Callback] = ()) -> TrainingOutcome:
+                    attempt: Any, callbacks: Sequence[Callback] = (), recorder: Any = None) -> TrainingOutcome:
     def record(what: str, fn: str, *args: Any, **kwargs: Any) -> None:
-        if store is None:
+        if recorder is None:
             return
         try:
-            getattr(store, fn)(*args, **kwargs)
+            recorder.record(what, fn, *args, **kwargs)  # queued in the run dir while the store is locked
         except SQLAlchemyError as exc:  # the store is bookkeeping: never lose a training run to it
             warnings.warn(f"job store: could not record {what}: {_one_line(exc)}", RuntimeWarning, stacklevel=2)
 

@@ -48,19 +48,19 @@ def train(
 
 def where_it_went(cfg: SLASConfig, outcome: TrainingOutcome) -> list[str]:
     """The run dir, the job in its store and the MLflow run, so a run's outputs can be found afterwards."""
+    from slas.credentials import redact_url
     from slas.platform.db import default_url
     from slas.platform.tracking import default_tracking_uri, mlflow_enabled
-    from slas.run import redact
 
     job = f"job {outcome.job_id} in " if outcome.job_id is not None else ""
     run_id = getattr(outcome.trainer.tracker, "run_id", None)
     if run_id:
-        mlflow = f"run {run_id} in {redact(default_tracking_uri())}"
+        mlflow = f"run {run_id} in {redact_url(default_tracking_uri())}"
     elif mlflow_enabled():
-        mlflow = f"no run yet ({redact(default_tracking_uri())} was unreachable; the run dir buffers the metrics)"
+        mlflow = f"no run yet ({redact_url(default_tracking_uri())} was unreachable; the run dir buffers the metrics)"
     else:
         mlflow = "off (SLAS_MLFLOW=0); metrics in the run dir's metrics.jsonl"
-    return [f"  run dir:   {cfg.run_dir.resolve()}", f"  job store: {job}{redact(default_url())}",
+    return [f"  run dir:   {cfg.run_dir.resolve()}", f"  job store: {job}{redact_url(default_url())}",
             f"  MLflow:    {mlflow}"]
 
 
