@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
+import yaml
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,35 @@ def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from slas.testing.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny_flux"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny transformers CLIP saved once per session (the `clip` reward's transformers backend)."""
+    from slas.testing.tiny_clip import save_tiny_hf_clip
+
+    return save_tiny_hf_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_sd_dir: Path, tiny_clip: Path) -> Path:
+    """A project folder with a tiny run config (relative paths, as a user's would be); cwd is set to it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a red circle\ntwo blue squares\na green triangle\none yellow star\n")
+    cfg = {
+        "run": {"name": "tiny", "output_dir": "runs", "seed": 3, "iterations": 2, "checkpoint_every": 1,
+                "progress": False},
+        "model": {"family": "sd", "path": str(tiny_sd_dir)},
+        "data": {"prompts": "prompts.txt"},
+        "sample": {"resolution": 32, "num_steps": 4, "group_size": 3, "prompts_per_iter": 2, "max_sequence_length": 32,
+                   "eta": 1.0},
+        "rl": {"preset": "slas", "power": 2.0},
+        "train": {"lr": 1e-3, "clip_range": 0.2, "batch_size": 2, "gradient_accumulation_steps": 2},
+        "reward": {"components": [{"name": "clip", "options": {"backend": "transformers", "model": str(tiny_clip),
+                                                               "device": "cpu"}}]},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
@@ -31,33 +30,6 @@ from slas.rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints
 from slas.run import EXIT_CANCELLED, run_training
 from slas.testing.cli import error_text as err
 from slas.testing.cli import run_cli as slas
-from slas.testing.tiny_clip import save_tiny_hf_clip
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    return save_tiny_hf_clip(tmp_path_factory.mktemp("tiny_clip"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, tiny_sd_dir, tiny_clip):
-    """A project folder with a tiny run config (relative paths, as a user's would be); cwd is set to it."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "prompts.txt").write_text("a red circle\ntwo blue squares\na green triangle\none yellow star\n")
-    cfg = {
-        "run": {"name": "tiny", "output_dir": "runs", "seed": 3, "iterations": 2, "checkpoint_every": 1,
-                "progress": False},
-        "model": {"family": "sd", "path": str(tiny_sd_dir)},
-        "data": {"prompts": "prompts.txt"},
-        "sample": {"resolution": 32, "num_steps": 4, "group_size": 3, "prompts_per_iter": 2, "max_sequence_length": 32,
-                   "eta": 1.0},
-        "rl": {"preset": "slas", "power": 2.0},
-        "train": {"lr": 1e-3, "clip_range": 0.2, "batch_size": 2, "gradient_accumulation_steps": 2},
-        "reward": {"components": [{"name": "clip", "options": {"backend": "transformers", "model": str(tiny_clip),
-                                                               "device": "cpu"}}]},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return tmp_path
 
 
 def until(predicate, timeout: float = 180.0, poll: float = 0.05, what: str = "condition"):

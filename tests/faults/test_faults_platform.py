@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -34,35 +33,13 @@ from slas.platform.tracking.jsonl import JsonlTracker, MetricsFileDamaged
 from slas.testing.cli import error_text as err
 from slas.testing.cli import run_cli as slas
 from slas.testing.postgres import free_port
-from slas.testing.tiny_clip import save_tiny_hf_clip
 
 PASSWORD = "PASSWORD123"
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    return save_tiny_hf_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, tiny_sd_dir, tiny_clip) -> Path:
-    """A project folder with a tiny run config that passes preflight; cwd is set to it."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "prompts.txt").write_text("a red circle\ntwo blue squares\n")
-    cfg = {
-        "run": {"name": "tiny", "output_dir": "runs", "seed": 3, "iterations": 2, "checkpoint_every": 1,
-                "progress": False},
-        "model": {"family": "sd", "path": str(tiny_sd_dir)},
-        "data": {"prompts": "prompts.txt"},
-        "sample": {"resolution": 32, "num_steps": 4, "group_size": 2, "prompts_per_iter": 2, "max_sequence_length": 32,
-                   "eta": 1.0},
-        "rl": {"preset": "slas", "power": 2.0},
-        "train": {"lr": 1e-3, "clip_range": 0.2, "batch_size": 2, "gradient_accumulation_steps": 2},
-        "reward": {"components": [{"name": "clip", "options": {"backend": "transformers", "model": str(tiny_clip),
-                                                               "device": "cpu"}}]},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return tmp_path
+
 
 
 def one_error_line(result) -> str:
