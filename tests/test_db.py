@@ -16,13 +16,13 @@ from sqlalchemy.exc import IntegrityError
 from slas.platform.db import (
     MIGRATIONS_DIR,
     VERSION_TABLE,
-    Base,
     JobNotFound,
     StoreError,
     alembic_config,
     default_url,
     open_store,
 )
+from slas.platform.schema import Base
 from slas.testing.postgres import free_port
 
 

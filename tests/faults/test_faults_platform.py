@@ -25,7 +25,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from slas.credentials import redact_text, redact_url
-from slas.platform.db import StoreError, StoreLocked, open_store
+from slas.platform.db import StoreError, open_store
+from slas.platform.dberrors import StoreLocked
 from slas.platform.durable import PENDING_NAME, DurableRecorder
 from slas.platform.jobs import JobManager
 from slas.platform.tracking import MLflowTracker, TrackingServerUnavailable, make_tracker, read_metrics

@@ -1,4 +1,5 @@
-"""The job store: jobs, attempts, checkpoints, sample sets, samples and ratings (SQLAlchemy 2.x ORM).
+"""The job store: opening it (SQLite or PostgreSQL, migrations) and its API over jobs, attempts, checkpoints,
+sample sets, samples and ratings (the tables are in :mod:`slas.platform.schema`).
 
 Every training run, submitted or started with ``slas train``, gets a row here so ``slas jobs list`` shows
 all of them. SQLite under ``.slas/`` (``SLAS_HOME`` overrides the folder) is the default, in WAL mode so
@@ -7,13 +8,10 @@ for a team. The schema is owned by the Alembic migrations shipped in ``slas/plat
 run on every :func:`open_store`, so an old database is upgraded in place. Every write is one committed
 transaction: a crash never leaves half a write behind.
 
-Contention and damage: a write that finds the database locked by another process (a CLI, another
-trainer, someone's ``sqlite3`` shell) is retried with backoff for up to ``SLAS_STORE_LOCK_TIMEOUT``
-seconds (60 by default) before :class:`StoreLocked` says so in one line; a running job's writes go
-through :class:`~slas.platform.durable.DurableRecorder`, which queues them on disk instead of losing
-them. Every database error leaves this module as a one-line :class:`StoreError` built from the driver's
-own message (never SQLAlchemy's, which carries the SQL statement and its parameters: a whole config),
-and every URL in a message has its password masked.
+Contention and damage (:mod:`slas.platform.dberrors`): a call that finds the database locked by another
+process is retried with backoff for up to ``SLAS_STORE_LOCK_TIMEOUT`` seconds, then fails in one line; a
+running job's writes go through :class:`~slas.platform.durable.DurableRecorder`, which queues them on
+disk instead of losing them. Every database error leaves the store as a one-line :class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -21,26 +19,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock
 from sqlalchemy import (
-    JSON,
-    CheckConstraint,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -48,197 +33,35 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, StatementError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
 
 from slas.credentials import redact_text, redact_url
-from slas.errors import SlasError
 from slas.paths import slas_home
+from slas.platform.dberrors import (
+    JobNotFound,
+    StoreError,
+    retrying,
+    store_lock_timeout,
+    where,
+)
+from slas.platform.schema import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    JOB_STATUSES,
+    Attempt,
+    Checkpoint,
+    Job,
+    Rating,
+    Sample,
+    SampleSet,
+    hostname,
+    utcnow,
+)
 
-JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
 VERSION_TABLE = "slas_alembic_version"  # not "alembic_version": MLflow's own schema may share a database
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-LOCK_TIMEOUT_ENV = "SLAS_STORE_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a write waits for another process's lock before it gives up
 _T = TypeVar("_T")
-
-
-class StoreError(SlasError, RuntimeError):
-    """The store cannot be opened, or a row asked for does not exist; the message is one line."""
-
-
-class JobNotFound(StoreError, LookupError):
-    """No job has this id."""
-
-
-class StoreDatabaseFailure(StoreError):
-    """A database error said in one line: no SQL statement, no parameters, no password.
-
-    The concrete classes also derive from the SQLAlchemy class of the error they replace (see
-    :func:`_one_line_class`), so code that catches ``SQLAlchemyError``/``OperationalError``/``IntegrityError``
-    keeps catching them; the driver's exception stays in :attr:`orig`.
-    """
-
-    def __init__(self, message: str, orig: BaseException | None = None) -> None:
-        Exception.__init__(self, message)
-        self.orig, self.statement, self.params = orig, None, None
-        self.hide_parameters, self.ismulti, self.connection_invalidated = True, None, False
-        self.detail: list[str] = []
-        self.code = None
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.args[0],))
-
-
-class StoreLocked(StoreDatabaseFailure, OperationalError):
-    """Another process held the store's lock for longer than this process's retry budget."""
-
-
-@functools.cache
-def _one_line_class(cls: type[StatementError]) -> type[StoreDatabaseFailure]:
-    """A :class:`StoreDatabaseFailure` that is also a ``cls`` (``StoreIntegrityError`` for ``IntegrityError``...)."""
-    doc = f"A {cls.__name__} from the job store, said in one line."
-    return type(f"Store{cls.__name__}", (StoreDatabaseFailure, cls), {"__doc__": doc, "__module__": __name__})
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def hostname() -> str:
-    return socket.gethostname()
-
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone, so it is put back on read)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        value = value.astimezone(timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Job(Base):
-    """One training run: its resolved config, where it runs and writes, and how it ended."""
-
-    __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(f"status IN {JOB_STATUSES}", name="ck_jobs_status"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
-    backend: Mapped[str] = mapped_column(String(32), default="local")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    error: Mapped[str | None] = mapped_column(Text)
-    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
-    run_dir: Mapped[str] = mapped_column(Text)
-    workdir: Mapped[str] = mapped_column(Text)
-    host: Mapped[str | None] = mapped_column(String(255))
-    pid: Mapped[int | None] = mapped_column(Integer)
-    log_path: Mapped[str | None] = mapped_column(Text)
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-
-class Attempt(Base):
-    """One start or resume of a job: which process ran it and how it ended."""
-
-    __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    number: Mapped[int] = mapped_column(Integer)
-    host: Mapped[str | None] = mapped_column(String(255))
-    pid: Mapped[int | None] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    exit_code: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    resumed_from: Mapped[str | None] = mapped_column(Text)
-
-
-class Checkpoint(Base):
-    """A complete checkpoint the trainer published (one row per job and iteration)."""
-
-    __tablename__ = "checkpoints"
-    __table_args__ = (UniqueConstraint("job_id", "iteration", name="uq_checkpoints_job_iteration"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    iteration: Mapped[int] = mapped_column(Integer)
-    path: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class SampleSet(Base):
-    """A set of images rendered for comparison (checkpoints x prompts x seeds): the review UI's input."""
-
-    __tablename__ = "sample_sets"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class Sample(Base):
-    """One rendered image: which checkpoint, prompt and seed made it, and its reward components."""
-
-    __tablename__ = "samples"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sample_set_id: Mapped[int] = mapped_column(ForeignKey("sample_sets.id", ondelete="CASCADE"), index=True)
-    checkpoint_label: Mapped[str] = mapped_column(String(200))
-    checkpoint_path: Mapped[str | None] = mapped_column(Text)
-    prompt: Mapped[str] = mapped_column(Text)
-    seed: Mapped[int] = mapped_column(Integer)
-    image_path: Mapped[str] = mapped_column(Text)
-    rewards: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class Rating(Base):
-    """A human judgement of one sample (``score``) or of a pair (``choice`` between sample and other)."""
-
-    __tablename__ = "ratings"
-    __table_args__ = (CheckConstraint("choice IS NOT NULL OR score IS NOT NULL", name="ck_ratings_value"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), index=True)
-    other_sample_id: Mapped[int | None] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
-    rater: Mapped[str] = mapped_column(String(200))
-    choice: Mapped[str | None] = mapped_column(String(32))
-    score: Mapped[float | None] = mapped_column(Float)
-    comment: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 # ---------------------------------------------------------------------------------------------- opening
@@ -269,20 +92,6 @@ def _normalise_url(url: str) -> str:
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)
-
-
-def store_lock_timeout() -> float:
-    """How long a store call waits for another process's lock: ``$SLAS_STORE_LOCK_TIMEOUT`` seconds, or 60."""
-    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise StoreError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds (e.g. 60)")
-    return value
 
 
 def _attempt_ms(lock_timeout: float) -> int:
@@ -320,90 +129,6 @@ def make_engine(url: str, *, lock_timeout: float | None = None) -> Engine:
         raise _bad_url(url, f"no database driver for {u.drivername!r} ({type(exc).__name__})") from None
     except OSError as exc:
         raise StoreError(f"cannot create the job store folder for {redact_url(url)}: {exc.strerror or exc}") from None
-
-
-def where(url: Any) -> str:
-    """The store as a message names it: the file of a SQLite store, else its URL with the password masked."""
-    u = make_url(url) if isinstance(url, str) else url
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-        return u.database
-    return redact_url(u)
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's first line for ``exc`` (SQLAlchemy's own text adds the SQL and its parameters)."""
-    orig = getattr(exc, "orig", None)
-    source = orig if orig is not None else exc
-    lines = [line.strip() for line in str(source).splitlines() if line.strip()]
-    return redact_text(lines[0] if lines else type(source).__name__)[:300]
-
-
-_RETRYABLE_SQLSTATES = ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock not available
-
-
-def is_locked(exc: BaseException) -> bool:
-    """True when ``exc`` means another transaction holds a lock this one needs: trying again later helps."""
-    if isinstance(exc, StoreLocked):
-        return True
-    if not isinstance(exc, DBAPIError) or isinstance(exc, StoreDatabaseFailure):
-        return False
-    orig = exc.orig
-    if getattr(orig, "sqlite_errorcode", None) in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
-        return True
-    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
-        return True
-    return isinstance(exc, OperationalError) and "locked" in str(orig).lower()
-
-
-def _damaged(exc: DBAPIError) -> bool:
-    """True for a SQLite file that is not (or no longer) a database: SQLITE_NOTADB or SQLITE_CORRUPT."""
-    if getattr(exc.orig, "sqlite_errorcode", None) in (11, 26):
-        return True
-    text = str(exc.orig).lower()
-    return "file is not a database" in text or "malformed" in text
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-
-
-def one_line_error(
-    exc: StatementError, url: Any, *, waited: float = 0.0, opening: bool = False
-) -> StoreDatabaseFailure:
-    """``exc`` as a one-line store error naming the store and, where there is one, what to do."""
-    place = where(url)
-    if is_locked(exc):
-        return StoreLocked(
-            f"job store {place} is locked by another process; retried for {_seconds(waited)} s "
-            f"(set {LOCK_TIMEOUT_ENV}=SECONDS to wait longer, or stop what holds it)", exc.orig)
-    cls = _one_line_class(type(exc))
-    if isinstance(exc, DBAPIError) and _damaged(exc):
-        return cls(f"job store {place} is damaged ({_reason(exc)}): move that file aside and run again to start "
-                   f"an empty store, or restore it from a backup", exc.orig)
-    if opening:
-        return cls(f"cannot open the job store at {redact_url(url)}: {_reason(exc)}", exc.orig)
-    return cls(f"job store {place}: {_reason(exc)}", exc.orig)
-
-
-def retrying(fn: Callable[[], _T], url: Any, lock_timeout: float, *, opening: bool = False) -> _T:
-    """``fn()``, called again with backoff while the store is locked, for up to ``lock_timeout`` seconds.
-
-    ``fn`` must be one whole transaction (a failed one is rolled back, so running it again is safe). Any
-    database error that is left comes out as a one-line :class:`StoreDatabaseFailure`.
-    """
-    start = time.monotonic()
-    delay = 0.05
-    while True:
-        try:
-            return fn()
-        except StatementError as exc:
-            if isinstance(exc, StoreDatabaseFailure):
-                raise
-            waited = time.monotonic() - start
-            if not is_locked(exc) or waited + delay > lock_timeout:
-                raise one_line_error(exc, url, waited=waited, opening=opening) from None
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from slas.platform.db import VERSION_TABLE, Base
+from slas.platform.db import VERSION_TABLE
+from slas.platform.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
