@@ -8,19 +8,7 @@ from PIL import Image
 
 from slas.errors import SlasError
 from slas.images import MAX_PIXELS_ENV, ImageError, load_image
-from slas.rewards import register
-from slas.rewards.registry import unregister
 from slas.testing.cli import error_text, run_cli
-
-
-@pytest.fixture
-def brightness_reward():
-    @register("faults_brightness")
-    def _factory():
-        return lambda images, prompts, **_: {"brightness": images.mean(dim=(1, 2, 3))}
-
-    yield "faults_brightness"
-    unregister("faults_brightness")
 
 
 def _bad_files(tmp_path):

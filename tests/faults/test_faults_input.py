@@ -15,18 +15,15 @@ import yaml
 
 from slas.config import ConfigError, config_from_dict, load_config
 from slas.preflight import PreflightError, preflight
-from slas.rewards import register
-from slas.rewards.registry import unregister
 from slas.testing.cli import error_text, run_cli
 
-REWARD = "test_faults_mean"
+REWARD = "faults_brightness"  # the brightness_reward fixture (tests/faults/conftest.py)
 
 
 @pytest.fixture(autouse=True)
-def _reward():
-    register(REWARD)(lambda: lambda images, prompts, **_: {"mean": images.mean(dim=(1, 2, 3))})
-    yield
-    unregister(REWARD)
+def _reward(brightness_reward):
+    """Every test here may name REWARD (the fault tests' brightness reward) in its config."""
+    assert brightness_reward == REWARD
 
 
 @pytest.fixture

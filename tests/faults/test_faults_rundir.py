@@ -11,19 +11,7 @@ import yaml
 
 from slas.platform.db import open_store
 from slas.platform.rundir import OWNER_NAME, RunDirBusy, hold_run_dir, release_run_dir
-from slas.rewards import register
-from slas.rewards.registry import unregister
 from slas.testing.cli import error_text, run_cli
-
-
-@pytest.fixture
-def brightness_reward():
-    @register("rundir_brightness")
-    def _factory():
-        return lambda images, prompts, **_: {"brightness": images.mean(dim=(1, 2, 3))}
-
-    yield "rundir_brightness"
-    unregister("rundir_brightness")
 
 
 def _holder(run_dir, job_id: int) -> subprocess.Popen:
