@@ -104,6 +104,9 @@ class RLConfig(_Strict):
     clip: float | None = Field(5.0, gt=0)
     eps: float = Field(1e-8, gt=0)
     shape_before_norm: bool = True
+    near_flat_std: float = Field(
+        0.01, gt=0, description="diagnostics only: a group whose reward std is below this (reward units) is near-flat"
+    )
 
     @model_validator(mode="after")
     def _apply_preset(self) -> RLConfig:

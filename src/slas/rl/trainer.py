@@ -27,6 +27,7 @@ from slas.images import make_grid
 from slas.rl import distributed
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
 from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpoint, verify_checkpoint
+from slas.rl.diagnostics import shaping_diagnostics
 from slas.rl.objectives import GRPOObjective
 from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, Tracker
 from slas.rl.trajectory import Rollout
@@ -183,6 +184,7 @@ class Trainer:
         metrics["adv/mean_abs"] = float(adv_all.abs().mean())
         metrics["adv/max_abs"] = float(adv_all.abs().max())
         metrics["adv/frac_gt1"] = float((adv_all.abs() > 1).float().mean())
+        metrics.update(shaping_diagnostics(total, adv_all, group_ids, near_flat_std=rl.near_flat_std))
         with self._timed("train"):
             metrics.update(self._update(rollout, adv))
         self.iteration += 1
