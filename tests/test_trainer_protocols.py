@@ -44,7 +44,9 @@ def test_training_raises_the_reward_with_hooks_in_order(tmp_path):
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.05, rewards
     assert float(policy.mu.detach()[0]) > 0.3  # the drift of the rewarded channel went up
     assert all(m["ratio_dev_before_update"] < 1e-6 for m in history)
-    assert all(-1 <= m["diag/amplification_vs_std"] <= 1 and m["diag/group_std/p50"] > 0 for m in history)
+    # diagnostics every iteration (2 groups per iteration: too few for a rank correlation, which is NaN)
+    assert all(m["diag/group_std/p50"] > 0 and m["diag/amplification/mean"] > 0 for m in history)
+    assert all(math.isnan(m["diag/amplification_vs_std"]) for m in history)
     # callbacks: begin, then per iteration step -> log (-> checkpoint every 4), then end
     assert rec.events[0] == ("begin", 0) and rec.events[-1] == ("end", 12)
     assert [e for e in rec.events if e[0] == "checkpoint"] == [("checkpoint", 4), ("checkpoint", 8), ("checkpoint", 12)]
