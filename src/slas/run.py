@@ -61,9 +61,11 @@ def check_resumable(config: SLASConfig) -> None:
 
 
 def build_trainer(
-    config: SLASConfig, *, resume: bool = False, mlflow_run_id: str | None = None, callbacks: Sequence[Callback] = ()
+    config: SLASConfig, *, resume: bool = False, mlflow_run_id: str | None = None, callbacks: Sequence[Callback] = (),
+    checked: bool = False,
 ) -> Trainer:
-    """Check everything the run needs, then load models (the heavy part) and wire the trainer.
+    """Check everything the run needs (unless the caller just did: ``checked``), then load models (the heavy
+    part) and wire the trainer.
 
     Rank 0 tracks the run in ``metrics.jsonl`` and MLflow (:func:`slas.platform.tracking.make_tracker`;
     ``SLAS_MLFLOW=0`` turns MLflow off). A resume continues the same MLflow run: ``mlflow_run_id`` (the
@@ -72,9 +74,10 @@ def build_trainer(
     logged steps are mistaken for this run's.
     """
     rank, _ = distributed.init_from_env()
-    preflight(config)
-    if resume:
-        check_resumable(config)
+    if not checked:
+        preflight(config)
+        if resume:
+            check_resumable(config)
     data = PromptSource.from_file(config.data.prompts, config.data.field, shuffle=config.data.shuffle, seed=config.run.seed)
     reward = build(config.reward)
     policy = load_policy(config.model, config.sample, keep_reference=config.train.kl_coef > 0)
@@ -222,7 +225,8 @@ def run_training(
     with _sigterm_sets(stop):
         if rank != 0:  # one writer per run
             return _train_recorded(config, resume, stop, None, None, None, callbacks)
-        if job_id is None:
+        checked = job_id is None  # a queued job was checked when submitted; its build checks again
+        if checked:
             preflight(config)  # a run that cannot start gets no job row
         if resume:
             check_resumable(config)  # before any job row, model or MLflow run
@@ -237,7 +241,7 @@ def run_training(
             attempt = store.begin_attempt(job_id, pid=os.getpid())
             recorder = DurableRecorder(store, config.run_dir)
             try:
-                return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks, recorder)
+                return _train_recorded(config, resume, stop, store, job_id, attempt, callbacks, recorder, checked=checked)
             finally:
                 recorder.close()  # what a locked store kept waiting lands now, or stays queued on disk
         finally:
@@ -284,7 +288,8 @@ class _JobCallback(Callback):
 
 
 def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, store: Any, job_id: int | None,
-                    attempt: Any, callbacks: Sequence[Callback] = (), recorder: Any = None) -> TrainingOutcome:
+                    attempt: Any, callbacks: Sequence[Callback] = (), recorder: Any = None, *,
+                    checked: bool = False) -> TrainingOutcome:
     def record(what: str, fn: str, *args: Any, **kwargs: Any) -> None:
         if recorder is None:
             return
@@ -311,7 +316,7 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
     try:
         job = _JobCallback(stop, lambda it, path: record("a checkpoint", "add_checkpoint", job_id, it, path))
         trainer = build_trainer(config, resume=resume, mlflow_run_id=mlflow_run_id,
-                                callbacks=[job, IterationLog(), *callbacks])
+                                callbacks=[job, IterationLog(), *callbacks], checked=checked)
         if store is not None:
             if trainer.resumed_from is not None:
                 record("the resume point", "set_attempt_resumed_from", attempt.id, trainer.resumed_from.resolve())
