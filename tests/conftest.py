@@ -39,8 +39,14 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_sd_dir: Path, tiny_clip: Path) -> Path:
-    """A project folder with a tiny run config (relative paths, as a user's would be); cwd is set to it."""
+    """A project folder with a tiny run config (relative paths, as a user's would be); cwd is set to it.
+
+    Jobs started from it run with one OpenMP thread: two detached jobs with torch's default threads on a
+    2-core machine spend their time spinning against each other (measured: ~40 s instead of ~0.5 s per
+    tiny iteration), which made the tests' waits time out.
+    """
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     (tmp_path / "prompts.txt").write_text("a red circle\ntwo blue squares\na green triangle\none yellow star\n")
     cfg = {
         "run": {"name": "tiny", "output_dir": "runs", "seed": 3, "iterations": 2, "checkpoint_every": 1,
