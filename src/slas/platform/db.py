@@ -1,5 +1,5 @@
 """The job store: opening it (SQLite or PostgreSQL, migrations) and its API over jobs, attempts, checkpoints,
-sample sets, samples and ratings (the tables are in :mod:`slas.platform.schema`).
+sample sets, samples, ratings and evaluations (the tables are in :mod:`slas.platform.schema`).
 
 Every training run, submitted or started with ``slas train``, gets a row here so ``slas jobs list`` shows
 all of them. SQLite under ``.slas/`` (``SLAS_HOME`` overrides the folder) is the default, in WAL mode so
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from slas.credentials import redact_text, redact_url
 from slas.paths import slas_home
 from slas.platform.dberrors import (
+    EvalNotFound,
     JobNotFound,
     StoreError,
     retrying,
@@ -51,6 +54,7 @@ from slas.platform.schema import (
     JOB_STATUSES,
     Attempt,
     Checkpoint,
+    Evaluation,
     Job,
     Rating,
     Sample,
@@ -446,6 +450,14 @@ class Store:
             return list(s.scalars(q))
 
     @_guarded
+    def job_of_checkpoint(self, path: str | Path) -> int | None:
+        """The job that published the checkpoint at ``path`` (as recorded: resolved), newest first; ``None``
+        when no job recorded it (a copied checkpoint, a model dir)."""
+        q = select(Checkpoint.job_id).where(Checkpoint.path == str(path)).order_by(Checkpoint.id.desc()).limit(1)
+        with self._read() as s:
+            return s.scalar(q)
+
+    @_guarded
     def latest_checkpoints(self, job_ids: Iterable[int]) -> dict[int, int]:
         """The newest recorded checkpoint iteration of each job that has one."""
         ids = list(job_ids)
@@ -542,3 +554,104 @@ class Store:
             q = q.where(Rating.rater == rater)
         with self._read() as s:
             return list(s.scalars(q))
+
+    # ------------------------------------------------------------------ evaluations
+    @_guarded
+    def add_eval(
+        self,
+        *,
+        checkpoint: str | Path,
+        benchmark: str,
+        scores: Mapping[str, float],
+        n_images: int,
+        settings: Mapping[str, Any] | None = None,
+        job_id: int | None = None,
+        iteration: int | None = None,
+        results_path: str | Path | None = None,
+        images_dir: str | Path | None = None,
+        replace: bool = False,
+    ) -> Evaluation:
+        """Record an evaluation: ``scores`` per tag plus ``overall`` (finite numbers), the ``settings`` that
+        make two evaluations comparable, and where its per-image results and images are.
+
+        ``replace``: a row of the same job, iteration, benchmark and settings is overwritten instead of
+        added. A training run passes it, so an iteration evaluated again after a resume (or a queued write
+        replayed twice) leaves one row, the one of the weights the checkpoint holds.
+        """
+        clean_scores = _eval_scores(scores)
+        clean_settings = json.loads(json.dumps(dict(settings or {}), default=str))  # paths as text, JSON-safe
+        if int(n_images) < 0:
+            raise ValueError(f"an evaluation's n_images must be >= 0, got {n_images}")
+        fields = {"checkpoint": str(checkpoint), "iteration": iteration, "benchmark": str(benchmark),
+                  "settings": clean_settings, "scores": clean_scores, "n_images": int(n_images),
+                  "results_path": str(results_path) if results_path is not None else None,
+                  "images_dir": str(images_dir) if images_dir is not None else None, "created_at": utcnow()}
+        with self._write() as s:
+            if job_id is not None:
+                self._job(s, job_id)
+            row = self._same_eval(s, job_id, iteration, benchmark, clean_settings) if replace else None
+            if row is None:
+                row = Evaluation(job_id=job_id, **fields)
+                s.add(row)
+            else:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+        return row
+
+    @staticmethod
+    def _same_eval(s: Session, job_id: int | None, iteration: int | None, benchmark: str,
+                   settings: dict[str, Any]) -> Evaluation | None:
+        """The row :meth:`add_eval` replaces; settings are compared here, not in SQL (PostgreSQL's ``json``
+        type has no equality operator)."""
+        if job_id is None or iteration is None:
+            return None
+        q = select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.iteration == iteration,
+                                     Evaluation.benchmark == benchmark).order_by(Evaluation.id.desc())
+        return next((row for row in s.scalars(q) if row.settings == settings), None)
+
+    @_guarded
+    def get_eval(self, eval_id: int) -> Evaluation:
+        with self._read() as s:
+            row = s.get(Evaluation, eval_id)
+            if row is None:
+                raise EvalNotFound(f"no evaluation with id {eval_id}")
+            return row
+
+    @_guarded
+    def list_evals(
+        self,
+        *,
+        job_id: int | None = None,
+        benchmark: str | None = None,
+        checkpoint: str | Path | None = None,
+        limit: int | None = None,
+    ) -> list[Evaluation]:
+        """Evaluations, newest first, of one job, benchmark and/or checkpoint (path as recorded)."""
+        q = select(Evaluation).order_by(Evaluation.id.desc())
+        if job_id is not None:
+            q = q.where(Evaluation.job_id == job_id)
+        if benchmark is not None:
+            q = q.where(Evaluation.benchmark == benchmark)
+        if checkpoint is not None:
+            q = q.where(Evaluation.checkpoint == str(checkpoint))
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as s:
+            return list(s.scalars(q))
+
+
+def _eval_scores(scores: Mapping[str, float]) -> dict[str, float]:
+    """Scores as the evals table keeps them: finite floats by tag, ``overall`` among them. A NaN would be
+    refused by PostgreSQL's JSON parser after the evaluation's work was done, so it is refused here, in one line."""
+    if "overall" not in scores:
+        raise ValueError(f"an evaluation's scores need an 'overall' entry; got {sorted(scores)}")
+    out = {}
+    for tag, value in scores.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"evaluation score {tag!r} is not a number: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"evaluation score {tag!r} is not finite: {number}")
+        out[str(tag)] = number
+    return out

@@ -34,6 +34,10 @@ class JobNotFound(StoreError, LookupError):
     """No job has this id."""
 
 
+class EvalNotFound(StoreError, LookupError):
+    """No evaluation has this id."""
+
+
 class StoreDatabaseFailure(StoreError):
     """A database error said in one line: no SQL statement, no parameters, no password.
 

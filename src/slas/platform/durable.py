@@ -26,7 +26,8 @@ from slas.platform.db import Store
 
 PENDING_NAME = "store_pending.jsonl"
 # the writes a running job makes, each idempotent or guarded on replay (see DurableRecorder._replay_one)
-RECORDABLE = ("add_checkpoint", "sync_checkpoints", "set_mlflow_run_id", "set_attempt_resumed_from", "finish_job")
+RECORDABLE = ("add_checkpoint", "sync_checkpoints", "set_mlflow_run_id", "set_attempt_resumed_from", "add_eval",
+              "finish_job")
 QUICK_TRY = 1.0  # seconds a write waits while older ones are queued: the store was just found locked
 
 

@@ -1,4 +1,5 @@
-"""The job store's tables (SQLAlchemy 2.x ORM): jobs, attempts, checkpoints, sample sets, samples, ratings.
+"""The job store's tables (SQLAlchemy 2.x ORM): jobs, attempts, checkpoints, sample sets, samples, ratings,
+evaluations.
 
 The schema itself is owned by the Alembic migrations in ``slas/platform/migrations``; these classes map it.
 Times are stored as timezone-aware UTC.
@@ -162,3 +163,34 @@ class Rating(Base):
     score: Mapped[float | None] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Evaluation(Base):
+    """One benchmark run on one checkpoint: what was evaluated, how, and what it scored.
+
+    A row is what model selection and ``slas eval compare`` read, so it keeps enough to tell two
+    evaluations apart (``settings``: detector, prompt set, images per prompt, seed, sampler) and where the
+    per-image verdicts are (``results_path``), not only the scores. ``job_id`` is set when the checkpoint
+    belongs to a known job (an evaluation during training, or ``slas eval`` on a run's checkpoint);
+    ``iteration`` when the checkpoint is a trainer checkpoint.
+    """
+
+    __tablename__ = "evals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    checkpoint: Mapped[str] = mapped_column(Text)
+    iteration: Mapped[int | None] = mapped_column(Integer)
+    benchmark: Mapped[str] = mapped_column(String(64), index=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    scores: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    n_images: Mapped[int] = mapped_column(Integer)
+    results_path: Mapped[str | None] = mapped_column(Text)
+    images_dir: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def overall(self) -> float | None:
+        """The benchmark's headline score (GenEval: the mean of the per-tag accuracies)."""
+        value = (self.scores or {}).get("overall")
+        return float(value) if isinstance(value, int | float) else None
