@@ -37,6 +37,14 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_hf_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL (model + processor) saved once per session (the MLLM judges' loader)."""
+    from slas.testing.tiny_qwen import save_tiny_qwen_vl
+
+    return save_tiny_qwen_vl(tmp_path_factory.mktemp("tiny_qwen_vl"), seed=0)
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_sd_dir: Path, tiny_clip: Path) -> Path:
     """A project folder with a tiny run config (relative paths, as a user's would be); cwd is set to it.

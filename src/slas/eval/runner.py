@@ -26,7 +26,8 @@ SUMMARY = "summary.json"
 IMAGES = "images"
 SHAPES_STEPS = 10  # the shapes world's evaluation steps (its pretraining and demo judge with 10)
 FAMILIES = {"FluxPipeline": "flux", "StableDiffusionPipeline": "sd"}
-GENEVAL_DATA = Path(__file__).resolve().parents[3] / "data" / "geneval"  # a source checkout's data/geneval/
+DATA_DIR = Path(__file__).resolve().parents[3] / "data"  # a source checkout's data/ (benchmark prompt sets)
+GENEVAL_DATA = DATA_DIR / "geneval"
 GENEVAL_METADATA = "evaluation_metadata.jsonl"
 
 
@@ -250,15 +251,39 @@ def image_path(root: Path, prompt_index: int, image_index: int) -> Path:
     return root / IMAGES / f"{prompt_index:05d}" / "samples" / f"{image_index:04d}.png"
 
 
-def render(plan: GenevalPlan, out: Path, *, load: Callable[[EvalSource], Any] = load_source_policy,
-           progress: bool = True) -> list[dict]:
-    """Render every image of ``plan`` to PNG under ``out``; one row (record, seed, image path) per image."""
+def render_images(source: EvalSource, jobs: Sequence[tuple[str, int, Path]], *, batch_size: int,
+                  load: Callable[[EvalSource], Any] = load_source_policy, progress: bool = True) -> None:
+    """Render every ``(prompt, seed, PNG path)`` job with ``source``'s deterministic sampler, ``batch_size`` per
+    call. One policy serves the whole set and is released before returning, so that a judge model can take
+    its memory next (every benchmark here renders first and judges the saved 8-bit files after)."""
     import gc
 
     import torch
     from tqdm.auto import tqdm
 
     from slas.images import to_pil
+
+    policy = load(source)
+    bar = tqdm(total=len(jobs), unit="img", desc=f"render {source.label}", disable=not progress)
+    try:
+        for b in range(0, len(jobs), batch_size):
+            batch = jobs[b : b + batch_size]
+            images = policy.generate([prompt for prompt, _, _ in batch], [seed for _, seed, _ in batch],
+                                     batch_size=batch_size)
+            for (_, _, path), image in zip(batch, images, strict=True):
+                to_pil(image).save(path)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        del policy
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def render(plan: GenevalPlan, out: Path, *, load: Callable[[EvalSource], Any] = load_source_policy,
+           progress: bool = True) -> list[dict]:
+    """Render every image of ``plan`` to PNG under ``out``; one row (record, seed, image path) per image."""
     from slas.shapes.evaluate import expand
 
     _, seeds = expand(plan.records, plan.images_per_prompt, plan.seed)
@@ -268,22 +293,8 @@ def render(plan: GenevalPlan, out: Path, *, load: Callable[[EvalSource], Any] = 
         folder = out / IMAGES / f"{p:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
         (folder / "metadata.jsonl").write_text(json.dumps(rec) + "\n", encoding="utf-8")
-    policy = load(plan.source)
-    bar = tqdm(total=len(rows), unit="img", desc=f"render {plan.source.label}", disable=not progress)
-    try:
-        for b in range(0, len(rows), plan.batch_size):
-            batch = rows[b : b + plan.batch_size]
-            images = policy.generate([r["record"]["prompt"] for r in batch], [r["seed"] for r in batch],
-                                     batch_size=plan.batch_size)
-            for row, image in zip(batch, images, strict=True):
-                to_pil(image).save(row["image"])
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        del policy
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    render_images(plan.source, [(r["record"]["prompt"], r["seed"], r["image"]) for r in rows],
+                  batch_size=plan.batch_size, load=load, progress=progress)
     return rows
 
 
@@ -368,5 +379,6 @@ def summary_text(results: Sequence[dict]) -> str:
 
 __all__ = [
     "RESULTS", "SUMMARY", "EvalSource", "GenevalError", "GenevalPlan", "default_metadata", "judge", "load_metadata",
-    "plan_geneval", "render", "resolve_checkpoint", "run_geneval", "summary_text", "write_outputs",
+    "load_source_policy", "plan_geneval", "render", "render_images",
+    "resolve_checkpoint", "run_geneval", "summary_text", "write_outputs",
 ]

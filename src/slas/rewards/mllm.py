@@ -315,10 +315,7 @@ class QwenVLJudge:
         content: list[dict[str, Any]] = []
         for role in t.roles:
             content.append({"type": "text", "text": _ROLE_LABELS[role]})
-            content.append({
-                "type": "image", "image": role_images[role][i],
-                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
-            })
+            content.append(self.image_part(role_images[role][i]))
         content.append({"type": "text", "text": t.render(prompt)})
         return [{"role": "user", "content": content}]
 
@@ -326,9 +323,17 @@ class QwenVLJudge:
         self, queries: Sequence[tuple[str, int]], prompts: Sequence[str], role_images: Mapping[str, list[Any]]
     ) -> Any:
         """Processor outputs (left-padded, on the judge's device) for ``(criterion, sample index)`` queries."""
+        return self.encode([self._messages(c, prompts[i], role_images, i) for c, i in queries])
+
+    def image_part(self, image: Any) -> dict[str, Any]:
+        """One image entry of a chat message, carrying the judge's pixel limits (read by ``qwen_vl_utils``)."""
+        return {"type": "image", "image": image, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+
+    def encode(self, messages: Sequence[list[dict]]) -> Any:
+        """Processor outputs (left-padded, on the judge's device) for a batch of chat ``messages``; other
+        evaluators (``slas.eval.unigenbench``) build their own messages and share this encoding."""
         from qwen_vl_utils import process_vision_info
 
-        messages = [self._messages(c, prompts[i], role_images, i) for c, i in queries]
         texts = [
             self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages
         ]
@@ -357,6 +362,19 @@ class QwenVLJudge:
         """Logits ``[B, V]`` (float32) of the first answer token: one forward pass, last position."""
         out = self.model(**inputs, use_cache=False, logits_to_keep=1)
         return out.logits[:, -1, :].float()
+
+    def answer_token_ids(self, kind: str) -> list[int]:
+        """The ids of ``kind``'s answer tokens (:data:`ANSWER_TOKENS`), each checked to be one token."""
+        if kind not in self.token_ids:
+            self.token_ids[kind] = self._single_token_ids(ANSWER_TOKENS[kind])
+        return self.token_ids[kind]
+
+    @torch.inference_mode()
+    def generate_text(self, inputs: Mapping[str, Any], max_new_tokens: int) -> list[str]:
+        """Greedy answers to encoded queries, decoded without special tokens (for evaluators that parse a
+        written verdict instead of reading first-token logits)."""
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     @torch.inference_mode()
     def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
