@@ -35,6 +35,10 @@ def geneval(
     ] = None,
     set_: SetOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per sampler call")] = 8,
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="do not record the evaluation in the job store (nor on the "
+                                               "checkpoint's MLflow run)")
+    ] = False,
 ) -> None:
     """Generate GenEval's prompts with the checkpoint's deterministic sampler and score them with GenEval's
     rules; print GenEval's summary (per tag and overall = the mean of the tags) and write the files."""
@@ -43,9 +47,63 @@ def geneval(
     options = {"detector_model": detector_model, "clip_model": clip_model}
     plan = plan_geneval(checkpoint, metadata=metadata, images_per_prompt=images_per_prompt, detector=detector,
                         overrides=set_ or [], batch_size=batch_size, detector_options=options)
+    store = None if no_record else _recording_store()
     typer.echo(f"geneval: {plan.source.label}, {len(plan.records)} prompts x {plan.images_per_prompt} images "
                f"({plan.metadata_file}), detector {plan.detector}")
-    _, results = run_geneval(plan, output)
+    summary, results = run_geneval(plan, output)
     typer.echo(summary_text(results))
     root = output.expanduser().resolve()
     typer.echo(f"\nwrote {root / 'results.jsonl'} and {root / 'summary.json'} (images in {root / 'images'})")
+    if store is not None:
+        from slas.eval.record import geneval_settings
+
+        _record(store, plan.source.checkpoint, plan.source.label, "geneval", summary, len(results),
+                geneval_settings(plan), root)
+
+
+def _recording_store():  # -> slas.platform.db.Store
+    """The job store an evaluation is recorded in, opened before the evaluation's heavy work so that a store
+    that cannot be opened fails in one line first (``--no-record`` skips it)."""
+    from slas.platform.db import open_store
+
+    return open_store()
+
+
+def _record(store, checkpoint: Path | None, label: str, benchmark: str, scores: dict[str, float], n_images: int,
+            settings: dict, out: Path) -> None:
+    """Record a finished evaluation (store row, metrics on the checkpoint's MLflow run) and say where."""
+    from slas.eval.record import record_run, recorded_line
+
+    try:
+        row, owner = record_run(store, checkpoint=checkpoint, label=label, benchmark=benchmark, scores=scores,
+                                n_images=n_images, settings=settings, out=out)
+    finally:
+        store.close()
+    typer.echo(recorded_line(row, owner))
+
+
+@app.command("compare")
+def compare(
+    evaluations: Annotated[
+        list[str], typer.Argument(help="two or more eval output dirs (holding results.jsonl) or evaluation ids of "
+                                       "the job store; the first is the baseline", metavar="A B ...")
+    ],
+    output: Annotated[Path | None, typer.Option("--output", help="also write the markdown table to this file")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="bootstrap resamples of the prompts")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the bootstrap draws")] = 0,
+) -> None:
+    """Compare evaluations of the same benchmark run (same prompts, images and seeds): a markdown table of each
+    run's score per tag and overall, and each run's difference to the first with a paired bootstrap 95%
+    interval (prompts resampled within each tag)."""
+    from slas.eval.compare import check_request, read_results, to_markdown
+    from slas.eval.compare import compare as compare_runs
+    from slas.eval.record import results_of
+
+    check_request(len(evaluations), resamples)
+    runs = [read_results(*results_of(spec)) for spec in evaluations]
+    table = to_markdown(compare_runs(runs, resamples=resamples, seed=seed))
+    typer.echo(table, nl=False)
+    if output is not None:
+        output.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        output.expanduser().write_text(table, encoding="utf-8")
+        typer.echo(f"\nwrote {output}")
