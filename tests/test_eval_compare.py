@@ -136,7 +136,7 @@ def test_bad_results_files_are_named_with_their_line(tmp_path):
         fh.write('{"tag": "counting", "prompt": "x", "image": "/somewhere/x.png", "correct": true}\n')
     with pytest.raises(CompareError, match=r"results.jsonl line 241: no \(prompt, image\) index"):
         read_results(root)
-    with pytest.raises(CompareError, match="no results.jsonl there"):
+    with pytest.raises(CompareError, match=r"no results\.jsonl there"):
         read_results(tmp_path / "nowhere")
 
 

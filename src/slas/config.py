@@ -180,6 +180,10 @@ class RunConfig(_Strict):
         None, ge=0, description="log a grid of the rollout's images every N iterations (None: checkpoint_every; 0: never)"
     )
     progress: bool = True
+    register_model: bool = Field(
+        True, description="register the final checkpoint as a version of the MLflow model named run.name; false "
+                          "keeps throwaway runs (demos, benchmarks, smoke tests) out of the model registry"
+    )
 
     @field_validator("name")
     @classmethod
@@ -204,6 +208,30 @@ def run_dir_of(run: RunConfig) -> Path:
     return run_dir
 
 
+class EvalConfig(_Strict):
+    """A held-out evaluation during training (``slas.eval.during``): GenEval's rules on the live policy's
+    deterministic samples every ``every`` iterations and at the last one, logged as ``eval/geneval/<tag>``
+    and recorded in the job store. With it, the held-out ``overall`` instead of the training reward decides
+    which registered version is ``best`` (a reward can be gamed; a held-out judge is much harder to game).
+    The detector and prompt file are checked at preflight, before any model loads."""
+
+    every: int | None = Field(None, ge=1, description="evaluate every N iterations (None: run.checkpoint_every)")
+    benchmark: Literal["geneval"] = "geneval"
+    detector: str = Field("shapes", min_length=1, description="shapes (the shapes world's judge) or mask2former")
+    metadata: str | None = Field(
+        None, description="GenEval metadata .jsonl (None: the shapes world's test split for the shapes detector, "
+                          "GenEval's 553 prompts otherwise)"
+    )
+    images_per_prompt: int = Field(1, ge=1)
+    prompts_limit: int | None = Field(
+        None, ge=1, description="evaluate this many prompts, taken round-robin over the tags (None: all)"
+    )
+    seed: int = Field(0, description="seed of the per-image initial noise (the same for every evaluation)")
+    batch_size: int = Field(8, ge=1, description="images per sampler call")
+    detector_model: str | None = Field(None, description="mask2former: local dir of the COCO Mask2Former")
+    clip_model: str | None = Field(None, description="mask2former: local dir of the CLIP model judging colours")
+
+
 class SLASConfig(_Strict):
     run: RunConfig = RunConfig()
     model: ModelConfig
@@ -212,6 +240,7 @@ class SLASConfig(_Strict):
     rl: RLConfig = RLConfig()
     train: TrainConfig = TrainConfig()
     reward: RewardConfig
+    eval: EvalConfig | None = Field(None, description="held-out evaluation during training (None: off)")
 
     @model_validator(mode="after")
     def _run_dir_inside_its_root(self) -> SLASConfig:

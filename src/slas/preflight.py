@@ -367,10 +367,20 @@ def _raise_if_any(problems: list[str]) -> None:
 
 def preflight(config: SLASConfig) -> None:
     """Raise one :class:`PreflightError` listing everything the run needs that is missing or does not fit
-    (model, device, prompt file, every reward), one problem per line in that order."""
+    (model, device, prompt file, every reward, the evaluation), one problem per line in that order."""
     checks = [partial(_check_model, config), partial(_check_device, config.model.device),
-              partial(_check_prompts, config.data.prompts, config.data.field), *_reward_checks(config.reward)]
+              partial(_check_prompts, config.data.prompts, config.data.field), *_reward_checks(config.reward),
+              partial(_check_eval, config)]
     _raise_if_any(_problems(checks))
+
+
+def _check_eval(config: SLASConfig) -> None:
+    """The ``eval:`` section's detector, its weights and its prompt file (``slas.eval.during.check_eval``)."""
+    if config.eval is None:
+        return
+    from slas.eval.during import check_eval
+
+    check_eval(config)
 
 
 def preflight_reward(reward: RewardConfig) -> None:

@@ -43,7 +43,7 @@ from slas.t2i.prompts import PromptSource
 if TYPE_CHECKING:
     from slas.platform.db import Store
 
-SCORE_METRIC = "reward/total/mean"  # what decides which registered model version is "best"
+SCORE_METRIC = "reward/total/mean"  # what decides which registered model version is "best" without an eval:
 # what a run leaves in its run dir; a fresh (not resumed) run in a used dir moves them aside first
 _RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "params.json", "images", "artifacts",
                 MLflowTracker.STATE_NAME, MLflowTracker.BUFFER_NAME, "mlflow_buffer")
@@ -126,23 +126,33 @@ def _move_previous_run(run_dir: Path) -> Path | None:
     return dest
 
 
-def register_final_checkpoint(trainer: Trainer) -> int | None:
+def selection_metric(config: SLASConfig) -> str:
+    """The metric that scores a registered version: the held-out evaluation's ``eval/<benchmark>/overall``
+    when the run has an ``eval:`` section (the training reward is what the policy was pushed to raise, gamed
+    or not), else the training reward ``reward/total/mean``."""
+    return f"eval/{config.eval.benchmark}/overall" if config.eval is not None else SCORE_METRIC
+
+
+def register_final_checkpoint(trainer: Trainer, *, score_metric: str = SCORE_METRIC) -> int | None:
     """Upload the run's final checkpoint (MLflow artifacts ``checkpoints/<name>``) and register it as a new
     version of the model named after the run.
 
-    Its score is the run's ``reward/total/mean`` at the checkpoint's iteration (the mean reward of that
-    iteration's rollouts). The ``best`` alias moves to the new version when that score beats the one of the
-    version ``best`` points at (or none has it); ``models:/NAME@latest`` is always the newest version.
-    Returns the version, or ``None`` without MLflow (or while its store is away: registered on replay).
+    Its score is ``score_metric`` at the checkpoint's iteration in the run's metrics: by default the mean
+    reward of that iteration's rollouts; with an evaluation, its held-out ``overall`` (the evaluation runs at
+    the last iteration, so the final checkpoint always has one). The ``best`` alias moves to the new version
+    when that score beats the one of the version ``best`` points at (or none has it; see
+    :func:`slas.platform.tracking.registry.beats_best` for scores of different metrics); a version without a
+    score never takes it. ``models:/NAME@latest`` is always the newest version. Returns the version, or
+    ``None`` without MLflow (or while its store is away: registered on replay).
     """
     ckpt = latest_checkpoint(trainer.ckpt_dir)
     if not isinstance(trainer.tracker, TeeTracker) or ckpt is None:
         return None
     iteration = int(ckpt.name.removeprefix("iter_"))
-    score = next((r.get(SCORE_METRIC) for r in read_metrics(trainer.run_dir / "metrics.jsonl")
+    score = next((r.get(score_metric) for r in read_metrics(trainer.run_dir / "metrics.jsonl")
                   if r.get("step") == iteration), None)
     score = float(score) if isinstance(score, int | float) and math.isfinite(score) else None
-    tags = {"slas.iteration": str(iteration), "slas.score_metric": SCORE_METRIC}
+    tags = {"slas.iteration": str(iteration), "slas.score_metric": score_metric}
     return trainer.tracker.register_model(trainer.config.run.name, ckpt, tags=tags, score=score)
 
 
@@ -287,6 +297,16 @@ class _JobCallback(Callback):
         self.record_checkpoint(trainer.iteration, path.resolve())
 
 
+def _evaluation(config: SLASConfig, record: Any) -> list[Callback]:
+    """The held-out evaluation of the run's ``eval:`` section, recording each one with ``record(**row)``;
+    none without the section."""
+    if config.eval is None:
+        return []
+    from slas.eval.during import TrainingEval
+
+    return [TrainingEval(config, record)]
+
+
 def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, store: Any, job_id: int | None,
                     attempt: Any, callbacks: Sequence[Callback] = (), recorder: Any = None, *,
                     checked: bool = False) -> TrainingOutcome:
@@ -315,8 +335,9 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
     trainer = None
     try:
         job = _JobCallback(stop, lambda it, path: record("a checkpoint", "add_checkpoint", job_id, it, path))
+        evaluation = _evaluation(config, lambda **row: record("an evaluation", "add_eval", job_id=job_id, **row))
         trainer = build_trainer(config, resume=resume, mlflow_run_id=mlflow_run_id,
-                                callbacks=[job, IterationLog(), *callbacks], checked=checked)
+                                callbacks=[job, IterationLog(), *evaluation, *callbacks], checked=checked)
         if store is not None:
             if trainer.resumed_from is not None:
                 record("the resume point", "set_attempt_resumed_from", attempt.id, trainer.resumed_from.resolve())
@@ -328,9 +349,9 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
             print(where_it_goes(trainer, store, job_id), file=sys.stderr, flush=True)
         start = trainer.iteration
         trainer.train()
-        if not trainer.stopped and trainer.iteration > start and trainer.rank == 0:
+        if not trainer.stopped and trainer.iteration > start and trainer.rank == 0 and config.run.register_model:
             try:
-                register_final_checkpoint(trainer)
+                register_final_checkpoint(trainer, score_metric=selection_metric(config))
             except Exception as exc:  # the weights are safe on disk; tracking never fails a finished run
                 warnings.warn(f"tracker: could not register the final checkpoint: {_one_line(exc)}",
                               RuntimeWarning, stacklevel=2)

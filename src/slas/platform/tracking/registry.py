@@ -4,6 +4,12 @@ A registration is a tracking record like any other (so it waits in the offline b
 :func:`model_record` builds it and :func:`create_version` carries it out. Whether the new version takes
 the ``best`` alias is decided when the version is created, against the registry as it is then, so a
 registration replayed after an outage still compares against the current ``best``.
+
+A score is only compared with a score of the same metric (the version tag :data:`SCORE_METRIC_TAG`): the
+training reward and a held-out evaluation are different scales, and the reward is the number the policy
+was pushed to raise, gamed or not. So a version scored by a held-out evaluation (``eval/...``) takes
+``best`` from one scored by anything else, and is never displaced by one; scores of two different
+metrics of the same kind are not compared at all (``best`` stays).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 SCORE_TAG = "slas.score"  # model-version tag compared to decide which version gets the ``best`` alias
+SCORE_METRIC_TAG = "slas.score_metric"  # which metric the score is (reward/total/mean, eval/geneval/overall)
+HELD_OUT_PREFIX = "eval/"  # metrics of held-out evaluations, the ones model selection trusts most
 
 
 def model_record(
@@ -71,7 +79,8 @@ def create_version(client: MlflowClient, run_id: str, record: Mapping[str, Any])
     source = f"runs:/{run_id}/{record['artifact_path']}"
     aliases = list(record["aliases"])
     score = record.get("score")
-    if score is not None and "best" not in aliases and beats_best(client, name, float(score)):
+    metric = (record.get("tags") or {}).get(SCORE_METRIC_TAG)
+    if score is not None and "best" not in aliases and beats_best(client, name, float(score), metric):
         aliases.append("best")
     version = client.create_model_version(
         name, source, run_id=run_id, tags=record["tags"] or None, await_creation_for=0
@@ -81,8 +90,15 @@ def create_version(client: MlflowClient, run_id: str, record: Mapping[str, Any])
     return int(version.version)
 
 
-def beats_best(client: MlflowClient, name: str, score: float) -> bool:
-    """True when no version of ``name`` has the ``best`` alias, or its ``slas.score`` is lower (or absent)."""
+def held_out(metric: str | None) -> bool:
+    """Whether a score metric is a held-out evaluation's (``eval/<benchmark>/overall``)."""
+    return metric is not None and metric.startswith(HELD_OUT_PREFIX)
+
+
+def beats_best(client: MlflowClient, name: str, score: float, metric: str | None = None) -> bool:
+    """True when no version of ``name`` has the ``best`` alias; else, when both scores are of the same
+    metric (``slas.score_metric``, or neither says), when the ``best`` one's ``slas.score`` is lower (or
+    absent); else when this score is a held-out evaluation's and the ``best`` one's is not."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -91,7 +107,11 @@ def beats_best(client: MlflowClient, name: str, score: float) -> bool:
         if is_outage(exc):
             raise
         return True  # no version has the alias yet
-    old = (current.tags or {}).get(SCORE_TAG)
+    tags = current.tags or {}
+    old_metric = tags.get(SCORE_METRIC_TAG)
+    if old_metric != metric:
+        return held_out(metric) and not held_out(old_metric)
+    old = tags.get(SCORE_TAG)
     try:
         return old is None or not score <= float(old)  # a NaN or unreadable old score loses too
     except ValueError:
