@@ -1,4 +1,4 @@
-"""``slas eval``: benchmark a checkpoint (GenEval) with its deterministic sampler and print the scores."""
+"""``slas eval``: benchmark a checkpoint (GenEval, UniGenBench++) with its deterministic sampler and print the scores."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from slas.cli.common import SetOpt, SlasTyper
 
-app = SlasTyper(help="Evaluate checkpoints on benchmarks (GenEval).")
+app = SlasTyper(help="Evaluate checkpoints on benchmarks (GenEval, UniGenBench++).")
 
 
 @app.command("geneval")
@@ -59,6 +59,51 @@ def geneval(
 
         _record(store, plan.source.checkpoint, plan.source.label, "geneval", summary, len(results),
                 geneval_settings(plan), root)
+
+
+@app.command("unigenbench")
+def unigenbench(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="a run dir (newest checkpoint), a checkpoint dir "
+                                                "(runs/NAME/checkpoints/iter_N) or a diffusers model dir")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="folder for results.jsonl, summary.json, scores.json, "
+                                                          "table.md and images/")],
+    prompts: Annotated[str, typer.Option("--prompts", help="the English test set: short or long (600 prompts each)")
+                       ] = "short",
+    judge_model: Annotated[
+        str, typer.Option("--judge-model", help="local dir (or cached hub id) of a Qwen2.5-VL judge, e.g. "
+                                                "Qwen/Qwen2.5-VL-7B-Instruct or the benchmark's "
+                                                "CodeGoat24/UniGenBench-EvalModel-qwen-72b-v1")
+    ] = "Qwen/Qwen2.5-VL-7B-Instruct",
+    judge_protocol: Annotated[
+        str, typer.Option("--judge-protocol", help="testpoint (one Yes/No question per test point, read from the "
+                                                   "logits) or benchmark (the benchmark's prompt and parsing)")
+    ] = "testpoint",
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", help="images per prompt (image j: "
+                                                                               "seed 3407 + j)")] = 4,
+    limit: Annotated[int | None, typer.Option("--limit", help="only the first N prompts (a quick run)")] = None,
+    set_: SetOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per sampler call and judge queries "
+                                                                 "per forward pass")] = 8,
+) -> None:
+    """Generate UniGenBench++'s English prompts with the checkpoint's deterministic sampler, judge every image
+    test point by test point with a local Qwen2.5-VL, and print the scores in the paper's Table 2 layout
+    (per primary dimension, overall = their mean); write the files."""
+    from slas.eval.unigenbench import heading, plan_unigenbench, run_unigenbench, table_text
+
+    plan = plan_unigenbench(checkpoint, prompts=prompts, judge_model=judge_model, protocol=judge_protocol,
+                            images_per_prompt=images_per_prompt, limit=limit, overrides=set_ or [],
+                            batch_size=batch_size)
+    typer.echo(f"unigenbench: {plan.source.label}, {len(plan.items)} prompts x {plan.images_per_prompt} images "
+               f"({plan.prompts_file}), judge {plan.judge_model} ({plan.protocol} protocol)")
+    if plan.repaired:
+        typer.echo(f"note: repaired the sub_dims_en JSON of row(s) {plan.repaired} (a missing comma in a list)")
+    summary, results = run_unigenbench(plan, output)
+    typer.echo(table_text(summary, results, plan.source.label, heading(plan)))
+    root = output.expanduser().resolve()
+    typer.echo(f"\nwrote {root / 'results.jsonl'}, {root / 'summary.json'}, {root / 'scores.json'} and "
+               f"{root / 'table.md'} (images in {root / 'images'})")
 
 
 def _recording_store():  # -> slas.platform.db.Store
