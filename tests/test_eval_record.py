@@ -149,3 +149,17 @@ def test_record_eval_leaves_out_untested_dimensions_and_mlflow_off_logs_nothing(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert log_on_run("abc", {"eval/x/overall": 1.0}, 1) is False
+
+
+def test_unigenbench_records_its_evaluation_too(tmp_path, tiny_qwen_vl):
+    out = tmp_path / "out"
+    result = run_eval("unigenbench", "--checkpoint", assets_dir() / T2I, "--prompts", "short", "--limit", 1,
+                      "--images-per-prompt", 1, "--judge-model", tiny_qwen_vl, "--batch-size", 4, "--output", out)
+    assert result.exit_code == 0, error_text(result)
+    summary = json.loads((out / "summary.json").read_text())
+    with open_store() as store:
+        (row,) = store.list_evals(benchmark="unigenbench")
+    assert row.job_id is None and row.iteration is None and row.n_images == 1  # a model dir: no job
+    assert row.scores == pytest.approx({k: v for k, v in summary.items() if v is not None})
+    assert (row.settings["prompt_set"], row.settings["prompts"], row.settings["protocol"]) == ("short", 1, "testpoint")
+    assert f"recorded as evaluation {row.id} in the job store (no job" in result.stdout

@@ -86,6 +86,10 @@ def unigenbench(
     set_: SetOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per sampler call and judge queries "
                                                                  "per forward pass")] = 8,
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="do not record the evaluation in the job store (nor on the "
+                                               "checkpoint's MLflow run)")
+    ] = False,
 ) -> None:
     """Generate UniGenBench++'s English prompts with the checkpoint's deterministic sampler, judge every image
     test point by test point with a local Qwen2.5-VL, and print the scores in the paper's Table 2 layout
@@ -95,6 +99,7 @@ def unigenbench(
     plan = plan_unigenbench(checkpoint, prompts=prompts, judge_model=judge_model, protocol=judge_protocol,
                             images_per_prompt=images_per_prompt, limit=limit, overrides=set_ or [],
                             batch_size=batch_size)
+    store = None if no_record else _recording_store()
     typer.echo(f"unigenbench: {plan.source.label}, {len(plan.items)} prompts x {plan.images_per_prompt} images "
                f"({plan.prompts_file}), judge {plan.judge_model} ({plan.protocol} protocol)")
     if plan.repaired:
@@ -104,6 +109,11 @@ def unigenbench(
     root = output.expanduser().resolve()
     typer.echo(f"\nwrote {root / 'results.jsonl'}, {root / 'summary.json'}, {root / 'scores.json'} and "
                f"{root / 'table.md'} (images in {root / 'images'})")
+    if store is not None:
+        from slas.eval.record import unigenbench_settings
+
+        _record(store, plan.source.checkpoint, plan.source.label, "unigenbench", summary, len(results),
+                unigenbench_settings(plan), root)
 
 
 def _recording_store():  # -> slas.platform.db.Store
@@ -116,9 +126,14 @@ def _recording_store():  # -> slas.platform.db.Store
 
 def _record(store, checkpoint: Path | None, label: str, benchmark: str, scores: dict[str, float], n_images: int,
             settings: dict, out: Path) -> None:
-    """Record a finished evaluation (store row, metrics on the checkpoint's MLflow run) and say where."""
+    """Record a finished evaluation (store row, metrics on the checkpoint's MLflow run) and say where; an
+    evaluation that judged nothing (no ``overall``) has no score to record, and says so."""
     from slas.eval.record import record_run, recorded_line
 
+    if scores.get("overall") is None:
+        store.close()
+        typer.echo("not recorded in the job store: nothing was judged, so there is no overall score")
+        return
     try:
         row, owner = record_run(store, checkpoint=checkpoint, label=label, benchmark=benchmark, scores=scores,
                                 n_images=n_images, settings=settings, out=out)

@@ -77,6 +77,17 @@ def geneval_settings(plan: GenevalPlan) -> dict[str, Any]:
                         "guidance_scale": sample.guidance_scale}}
 
 
+def unigenbench_settings(plan: Any) -> dict[str, Any]:
+    """What makes two UniGenBench++ evaluations comparable: the prompt set and how many of it, images per
+    prompt, seed, the judge and its protocol, and the sampler settings (``plan``: a ``UnigenPlan``)."""
+    sample = plan.source.sample
+    return {"prompt_set": plan.prompt_set, "prompts_file": plan.prompts_file, "prompts": len(plan.items),
+            "images_per_prompt": plan.images_per_prompt, "seed": plan.seed,
+            "judge_model": plan.judge_label or plan.judge_model, "protocol": plan.protocol,
+            "sampler": {"resolution": sample.resolution, "num_steps": sample.num_steps,
+                        "guidance_scale": sample.guidance_scale}}
+
+
 def log_on_run(run_id: str, metrics: Mapping[str, float], step: int) -> bool:
     """Log ``metrics`` at ``step`` on the MLflow run ``run_id`` (finished runs take metrics too); False, with
     a one-line warning, when MLflow is off or cannot be reached: the evaluation stands without it."""
@@ -181,5 +192,5 @@ def _short(checkpoint: str, iteration: int | None) -> str:
 
 __all__ = [
     "CheckpointOwner", "checkpoint_owner", "eval_metrics", "geneval_settings", "iteration_of", "log_on_run",
-    "record_eval", "record_run", "recorded_line", "results_of",
+    "record_eval", "record_run", "recorded_line", "results_of", "unigenbench_settings",
 ]
