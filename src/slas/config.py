@@ -94,13 +94,38 @@ class SampleConfig(_Strict):
     max_sequence_length: int = Field(512, gt=0)
 
 
+class AutoPowerSettings(_Strict):
+    """How ``rl.power: auto`` picks p each iteration (``slas.rl.power``): the largest of ``candidates`` evenly
+    spaced powers in [p_min, p_max] whose predicted approx KL, 1/2 (step * updates)^2 lambda_max(F) ||g(p)||^2,
+    stays within ``kl_budget``. Read only when ``rl.power`` is ``auto``."""
+
+    p_min: float = Field(1.0, gt=0, description="smallest power the rule may pick")
+    p_max: float = Field(3.0, gt=0, description="largest power the rule may pick")
+    candidates: int = Field(9, ge=2, le=1001, description="powers tried, evenly spaced from p_min to p_max")
+    every: int = Field(1, ge=1, description="re-estimate the Fisher's largest eigenvalue every N iterations (held in between)")
+    iters: int = Field(20, ge=1, le=1000, description="power-iteration steps at most")
+    tol: float = Field(1e-3, gt=0, lt=1, description="power iteration stops when the estimate changes by at most this (relative)")
+    pairs: int = Field(32, ge=2, le=4096, description="(sample, step) pairs whose gradients the estimates use, per rank and "
+                       "iteration (memory: pairs x trainable parameters x 4 bytes)")
+    kl_budget: float | None = Field(None, gt=0, description="per-iteration approx-KL budget (None: train.clip_range^2 / 2)")
+    step_size: float | None = Field(None, gt=0, description="step size of the bound (None: the run's learning rate)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoPowerSettings:
+        if self.p_max < self.p_min:
+            raise ValueError(f"p_max={self.p_max:g} is below p_min={self.p_min:g}")
+        return self
+
+
 class RLConfig(_Strict):
     """Advantage shaping. ``power`` is the SLAS exponent: the dancegrpo preset always uses (prompt, 1), so
-    any other power set with it is an error rather than silently ignored."""
+    any other power set with it is an error rather than silently ignored. ``power: auto`` picks it each
+    iteration within a stability bound (``auto_power``; slas and custom presets only)."""
 
     preset: Literal["dancegrpo", "slas", "custom"] = "slas"
     std_scope: Literal["prompt", "batch", "none"] | None = None
-    power: float | None = Field(None, gt=0)
+    power: float | Literal["auto"] | None = None
+    auto_power: AutoPowerSettings = AutoPowerSettings()
     clip: float | None = Field(5.0, gt=0)
     eps: float = Field(1e-8, gt=0)
     shape_before_norm: bool = True
@@ -108,8 +133,27 @@ class RLConfig(_Strict):
         0.01, gt=0, description="diagnostics only: a group whose reward std is below this (reward units) is near-flat"
     )
 
+    @field_validator("power", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        """A finite number > 0 or ``auto``, checked here so that the error is one plain line (pydantic would
+        name the union member it tried, ``rl.power.constrained-float``)."""
+        if value is None or value == "auto":
+            return value
+        try:
+            if isinstance(value, bool):
+                raise TypeError(value)
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is neither a number > 0 nor 'auto'") from None
+        if not math.isfinite(number) or number <= 0:
+            raise ValueError(f"must be a finite number > 0 or 'auto', got {value!r}")
+        return number
+
     @model_validator(mode="after")
     def _apply_preset(self) -> RLConfig:
+        if self.power == "auto" and self.preset == "dancegrpo":
+            raise ValueError("rl.power=auto needs rl.preset=slas or custom (dancegrpo always uses power 1)")
         if self.preset == "custom":
             if self.std_scope is None or self.power is None:
                 raise ValueError("rl.preset=custom needs both rl.std_scope and rl.power")

@@ -29,6 +29,7 @@ from slas.rl.advantages import compute_advantages, zero_std_group_ratio
 from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpoint, verify_checkpoint
 from slas.rl.diagnostics import shaping_diagnostics
 from slas.rl.objectives import GRPOObjective
+from slas.rl.power import AutoPower
 from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, Tracker
 from slas.rl.trajectory import Rollout
 
@@ -118,6 +119,7 @@ class Trainer:
             clip_range=t.clip_range, kl_coef=t.kl_coef, timestep_fraction=t.timestep_fraction,
             timestep_selection=t.timestep_selection,
         )
+        self.auto_power = AutoPower.from_config(config) if config.rl.power == "auto" else None
         self.tracker = tracker
         self.callbacks = list(callbacks)
         self.checkpoint_metadata = dict(checkpoint_metadata or {})
@@ -170,13 +172,22 @@ class Trainer:
         group_ids = distributed.all_gather_cat(rollout.group_ids + self.rank * k)
         total = rewards["total"]
         rl = cfg.rl
-        adv_all = compute_advantages(
-            total, group_ids, std_scope=rl.std_scope, power=rl.power, clip=rl.clip, eps=rl.eps,
-            shape_before_norm=rl.shape_before_norm,
-        )
         n_local = len(rollout.prompts)
-        adv = adv_all[self.rank * n_local : (self.rank + 1) * n_local]
+
+        def advantages(power: float) -> Tensor:
+            return compute_advantages(total, group_ids, std_scope=rl.std_scope, power=power, clip=rl.clip, eps=rl.eps,
+                                      shape_before_norm=rl.shape_before_norm)
+
         metrics: dict[str, float] = {}
+        power = rl.power
+        if self.auto_power is not None:  # rl.power: auto picks this iteration's power within its bound
+            with self._timed("auto_power"):
+                # its own seed, clear of the groups' rollout seeds (_seed() + j): no other draw of the run changes
+                power, chosen = self.auto_power.choose(self.policy, rollout.trajectory, advantages, self.rank * n_local,
+                                                       iteration=self.iteration, seed=self._seed() + 50_000 + self.rank)
+            metrics.update(chosen)
+        adv_all = advantages(power)
+        adv = adv_all[self.rank * n_local : (self.rank + 1) * n_local]
         for name, values in rewards.items():
             metrics[f"reward/{name}/mean"], metrics[f"reward/{name}/std"] = _stats(values)
         metrics["reward/nonfinite"] = float((~torch.isfinite(total)).sum())
@@ -347,6 +358,8 @@ class Trainer:
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             torch.save(rng, tmp / "rng.pt")
             state = {"iteration": self.iteration, "data": self.data.state_dict(), **self.checkpoint_metadata}
+            if self.auto_power is not None:
+                state["auto_power"] = self.auto_power.state_dict()
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
 
         return save_checkpoint(self.ckpt_dir, self.iteration, write)
@@ -382,6 +395,8 @@ class Trainer:
         rng = _tensors(path / "rng.pt")
         state = _named(path / "trainer_state.json", lambda p: json.loads(p.read_text()))
         self.data.load_state_dict(state["data"] if "data" in state else state["prompts"])  # "prompts": before 0.2
+        if self.auto_power is not None:  # without saved state (a run that switched to auto): estimated afresh
+            self.auto_power.load_state_dict(state.get("auto_power", {}))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
