@@ -74,14 +74,14 @@ def test_proxies_load_through_the_real_reward_classes_and_prefer_correct_scenes(
     bad = [render_record(r, rng)[0] for r in bad_recs]
     prompts = [r["prompt"] for r in recs]
     s_good, s_bad = proxies(_pixels(good), prompts), proxies(_pixels(bad), prompts)
-    assert set(s_good) == {"hpsv21", "clip", "total"}
+    assert set(s_good) == {"hpsv21", "clip", "vividness", "total"}  # vividness: logged at weight 0
     for key in ("hpsv21", "clip"):
         assert torch.isfinite(s_good[key]).all()
         assert (s_good[key] > s_bad[key]).float().mean() > 0.6, key  # better than chance, not perfect
 
 
 def test_preference_proxy_learned_the_annotators_taste_for_vivid_images(proxies):
-    from slas.shapes.pretrain import vividness
+    from slas.rewards.vividness import vividness
 
     rng = random.Random(1)
     recs = [rng.choice(metadata("train")) for _ in range(48)]
@@ -119,50 +119,65 @@ def test_pretrain_rejects_an_unknown_stage(tmp_path):
 
 
 TINY_PLAN = dict(iterations=2, prompts_per_iter=2, group_size=4, num_steps=3, eval_every=1,
-                 eval_images_per_prompt=1, eval_prompts_per_tag=1)
+                 eval_images_per_tag=2, eval_prompts_per_tag=1)
 
 
 @pytest.mark.slow
-def test_demo_writes_the_report_contract_and_records_both_runs(tmp_path):
+def test_demo_writes_the_report_contract_and_records_both_runs(tmp_path, capsys):
     from slas.platform.db import open_store
     from slas.shapes.demo import DemoPlan, run_demo
 
     report = run_demo(tmp_path / "demo", plan=DemoPlan(**TINY_PLAN))
     on_disk = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    assert set(on_disk) == {"seconds", "iterations", "methods"} and on_disk["iterations"] == 2
+    assert {"seconds", "iterations", "methods", "eval_images"} <= set(on_disk) and on_disk["iterations"] == 2
+    assert on_disk["eval_images"] == 6 * 2  # one prompt per tag, two images each
     assert set(on_disk["methods"]) == {"dancegrpo", "slas"}
     tags = {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"}
     for m in on_disk["methods"].values():
-        assert set(m) == {"proxy_reward", "judge"}
-        assert set(m["proxy_reward"]) == {"before", "after"}
+        assert {"proxy_reward", "judge", "judge_se", "judge_gain", "train_reward"} <= set(m)
+        assert set(m["proxy_reward"]) == {"before", "after"} and set(m["train_reward"]) == {"first", "last"}
         for when in ("before", "after"):
             assert set(m["judge"][when]) == tags
             assert all(0.0 <= v <= 1.0 for v in m["judge"][when].values())
+            assert all(0.0 <= v <= 0.5 for v in m["judge_se"][when].values())
+        gain = m["judge_gain"]["overall"]["mean"]
+        assert gain == pytest.approx(m["judge"]["after"]["overall"] - m["judge"]["before"]["overall"])
     # same initial weights and seeds: identical "before" for both methods
     assert on_disk["methods"]["dancegrpo"]["judge"]["before"] == on_disk["methods"]["slas"]["judge"]["before"]
-    for name in ("report.md", "curves.png", "grid_before.png", "grid_after_dancegrpo.png", "grid_after_slas.png"):
+    for name in ("report.md", "curves.png", "mechanism.png", "grid_before.png", "grid_after_dancegrpo.png",
+                 "grid_after_slas.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
-    assert "| dancegrpo |" in (tmp_path / "demo" / "report.md").read_text()
-    # every iteration and evaluation went through the tracker, and both runs are store jobs
-    steps = [json.loads(line)["step"] for line in (tmp_path / "demo" / "slas" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2]
+    md = (tmp_path / "demo" / "report.md").read_text()
+    assert "| dancegrpo | **overall** |" in md and "## What this shows" in md and "±" in md
+    out = capsys.readouterr().out
+    assert str((tmp_path / "demo" / "report.md").resolve()) in out  # the paths are printed
+    # every iteration and evaluation went through the tracker, and both runs are store jobs named for the demo
+    lines = (tmp_path / "demo" / "demo-slas" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
+    assert "reward/vividness/mean" in json.loads(lines[1])  # the planted bias is logged, at weight 0
     with open_store() as store:
         jobs = {j.name: j for j in store.list_jobs()}
-    assert jobs["dancegrpo"].status == jobs["slas"].status == "completed"
+    assert jobs["demo-dancegrpo"].status == jobs["demo-slas"].status == "completed"
 
 
 @pytest.mark.slow
-def test_bench_hacking_summarizes_every_variant_over_seeds(tmp_path):
-    from slas.bench.hacking import VARIANTS, run_hacking
+def test_bench_hacking_summarizes_every_variant_over_seeds(tmp_path, monkeypatch):
+    import slas.bench.hacking as hacking
 
-    assert len(VARIANTS) == 9
-    out = run_hacking(2, out=tmp_path / "runs", results_md=tmp_path / "hacking.md", quick=True,
-                      variants=["dancegrpo", "slas_p2_norm_first"])
+    assert len(hacking.VARIANTS) == 10 and hacking.VARIANTS["slas_auto"]["power"] == "auto"
+    monkeypatch.setattr(hacking, "PUBLISHED", tmp_path / "published")
+    out = hacking.run_hacking(2, out=tmp_path / "runs", quick=True, variants=["dancegrpo", "slas_p2_norm_first"])
     assert [r["variant"] for r in out["runs"]] == ["dancegrpo", "slas_p2_norm_first"] * 2
     summary = out["summary"]["dancegrpo"]
     assert summary["seeds"] == 2 and len(summary["proxy_gain"]) == 2
-    table = (tmp_path / "hacking.md").read_text()
-    assert "| slas_p2_norm_first |" in table and "Machine:" in table
+    paired = out["paired"]["slas_p2_norm_first"]
+    gains = {(r["variant"], r["seed"]): r["judge_after"] - r["judge_before"] for r in out["runs"]}
+    diffs = [gains[("slas_p2_norm_first", s)] - gains[("dancegrpo", s)] for s in (0, 1)]
+    assert paired["mean"] == pytest.approx(sum(diffs) / 2) and paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    table = (tmp_path / "runs" / "hacking.md").read_text()
+    assert "| slas_p2_norm_first |" in table and "Machine:" in table and "95% interval" in table
+    assert (tmp_path / "runs" / "hacking.png").stat().st_size > 0
+    assert not (tmp_path / "published").exists()  # the committed table is written only with publish=True
     with pytest.raises(ValueError, match="unknown variant"):
-        run_hacking(1, out=tmp_path, variants=["grpo"])
+        hacking.run_hacking(1, out=tmp_path, variants=["grpo"])

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slas.errors import SlasError, one_line
-from slas.paths import runs_root
+from slas.paths import expand_shapes_refs, runs_root
 from slas.rl.advantages import PRESETS
 from slas.torch_utils import DeviceError, parse_device
 
@@ -470,12 +470,15 @@ def _drop_the_files_power(data: dict, overrides: list[str]) -> None:
 
 
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> SLASConfig:
-    """Validate a config mapping after applying ``key=value`` overrides (one-line :class:`ConfigError`)."""
+    """Validate a config mapping after applying ``key=value`` overrides (one-line :class:`ConfigError`).
+
+    Strings ``shapes:<path>`` name files of the shipped shapes world (:func:`slas.paths.expand_shapes_refs`)."""
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
     _refuse_repeated_overrides(list(overrides or []))
     for ov in overrides or []:
         apply_override(data, ov)
     _drop_the_files_power(data, list(overrides or []))
+    data = expand_shapes_refs(data)  # "shapes:t2i" -> the shipped shapes world's model folder
     try:
         return SLASConfig.model_validate(data)
     except ValidationError as err:

@@ -9,9 +9,13 @@ when ``SLAS_HOME`` is set; so setting ``SLAS_HOME`` moves everything, and an exp
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 HOME_ENV = "SLAS_HOME"
+SHAPES_ENV = "SLAS_SHAPES_ASSETS"
+_SHAPES_REF = re.compile(r"^(local-dir:)?shapes:(.*)$")
 
 
 def slas_home() -> Path:
@@ -23,6 +27,24 @@ def runs_root() -> Path:
     """The default folder of run outputs: ``$SLAS_HOME/runs`` when ``SLAS_HOME`` is set, else ``runs``."""
     home = os.environ.get(HOME_ENV)
     return Path(home).expanduser().resolve() / "runs" if home else Path("runs")
+
+
+def shapes_assets_dir() -> Path:
+    """The shapes world's trained models: ``$SLAS_SHAPES_ASSETS``, else the folder shipped in the package."""
+    env = os.environ.get(SHAPES_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent / "shapes" / "assets"
+
+
+def expand_shapes_refs(value: Any) -> Any:
+    """``value`` with every string ``shapes:<rel>`` (or ``local-dir:shapes:<rel>``) made a path under
+    :func:`shapes_assets_dir`, in nested dicts and lists too: configs name the shipped world portably."""
+    if isinstance(value, dict):
+        return {k: expand_shapes_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_shapes_refs(v) for v in value]
+    if isinstance(value, str) and (m := _SHAPES_REF.match(value)):
+        return f"{m.group(1) or ''}{shapes_assets_dir() / m.group(2)}"
+    return value
 
 
 WHERE_THINGS_GO = (

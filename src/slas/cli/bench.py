@@ -31,17 +31,22 @@ def hacking(
                                                                       "(>= 3 for the committed table)")] = 3,
     out: Annotated[Path | None, typer.Option("--out", help="folder for the runs and results.json (default: "
                                                            "runs/bench_hacking, or under $SLAS_HOME/runs)")] = None,
-    results: Annotated[Path, typer.Option("--results", help="markdown table to write")] = Path("benchmarks/results/hacking.md"),
+    publish: Annotated[bool, typer.Option("--publish", help="also write the table and plot to benchmarks/results/ "
+                                                          "(the committed ones)")] = False,
     device: Annotated[str, typer.Option("--device", help="torch device of the policy and rewards")] = "cpu",
     jobs: Annotated[int, typer.Option("--jobs", min=1, metavar="N", help="runs in parallel (processes)")] = 1,
     quick: Annotated[bool, typer.Option("--quick", help="a seconds-long smoke version (tiny plan)")] = False,
+    long: Annotated[bool, typer.Option("--long", help="3x the iterations, evaluated along the way (over-optimisation)")] = False,
     variant: Annotated[list[str] | None, typer.Option("--variant", metavar="NAME", help="only this variant (repeatable)")] = None,
 ) -> None:
-    """DanceGRPO, prompt-mean only, batch std p=1 and SLAS p in {1.5, 2, 3} (both readings) over seeds.
+    """DanceGRPO, prompt-mean only, batch std p=1, SLAS p in {1.5, 2, 3} (both readings) and SLAS with
+    power auto, over seeds, paired by seed against DanceGRPO.
 
-    Finished (variant, seed) runs are kept in OUT/results.jsonl, so an interrupted bench resumes.
+    Writes OUT/hacking.md, OUT/hacking.png (hacking_long.* with --long) and OUT/results.json; finished
+    (variant, seed) runs are kept in OUT/results.jsonl, so an interrupted bench resumes. --publish also
+    writes the table and plot to benchmarks/results/.
     """
     from slas.bench.hacking import run_hacking
 
-    run_hacking(num_seeds, out=out if out is not None else runs_root() / "bench_hacking", results_md=results,
-                device=device, jobs=jobs, quick=quick, variants=variant)
+    run_hacking(num_seeds, out=out if out is not None else runs_root() / "bench_hacking", publish=publish,
+                device=device, jobs=jobs, quick=quick, long=long, variants=variant)

@@ -17,14 +17,16 @@ if TYPE_CHECKING:
 class IterationLog(Callback):
     """One plain line per iteration (iteration, mean total reward, seconds) on ``stream`` (default stderr).
 
-    Whatever the progress-bar setting, so a job's log file reads line by line (a progress bar writing to a
-    file is a stream of carriage returns).
+    Whenever no progress bar shows (a job's log file, ``run.progress: false``), so a log reads line by line
+    (a progress bar writing to a file is a stream of carriage returns); on a terminal the bar says the same.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
     def on_log(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
+        if trainer.progress_shown:
+            return
         until = trainer.config.run.iterations
         line = (f"[{trainer.config.run.name}] iteration {trainer.iteration}/{until}: "
                 f"reward {metrics.get('reward/total/mean', float('nan')):.4f}, "

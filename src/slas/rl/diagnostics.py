@@ -10,6 +10,7 @@ than blown up. These figures show which is happening in a run, iteration by iter
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,6 +18,40 @@ from torch import Tensor
 from slas.rl.advantages import group_index, group_mean_std
 
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+class ShapedBatch(NamedTuple):
+    """One iteration's total rewards, the advantages the rule gave them and the group ids (global batch)."""
+
+    rewards: Tensor
+    advantages: Tensor
+    group_ids: Tensor
+
+
+def group_amplification(rewards: Tensor, advantages: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per group: its within-group reward std, its mean amplification |A| / |r - group mean| over the samples
+    whose centred reward is not 0, and whether it has such a sample (a flat group has no amplification)."""
+    std, amp, moved, inverse, num_groups = _sample_amplification(rewards, advantages, group_ids)
+    return (std, *_per_group(amp, moved, inverse, num_groups))
+
+
+def _sample_amplification(rewards: Tensor, advantages: Tensor, group_ids: Tensor):
+    """(group std, per-sample amplification, sample moved off its group mean, sample -> group, group count)."""
+    r = rewards.detach().double().cpu()
+    adv = advantages.detach().double().cpu()
+    valid = torch.isfinite(r)
+    inverse, num_groups = group_index(group_ids.cpu())
+    mean, std = group_mean_std(r, valid, inverse, num_groups)
+    centred = (r - mean[inverse]).abs()
+    moved = valid & (centred > 1e-12)
+    amp = torch.where(moved, adv.abs() / centred.clamp_min(1e-12), torch.zeros_like(r))
+    return std, amp, moved, inverse, num_groups
+
+
+def _per_group(amp: Tensor, moved: Tensor, inverse: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    counts = torch.zeros(num_groups, dtype=torch.float64).index_add(0, inverse, moved.double())
+    group_amp = torch.zeros(num_groups, dtype=torch.float64).index_add(0, inverse, amp) / counts.clamp_min(1)
+    return group_amp, counts > 0
 
 
 def _spearman(x: Tensor, y: Tensor) -> float:
@@ -40,23 +75,15 @@ def shaping_diagnostics(rewards: Tensor, advantages: Tensor, group_ids: Tensor, 
     - ``diag/near_flat_groups``: share of groups with 0 < std < ``near_flat_std`` (they differ, a little);
     - ``diag/near_flat_large_adv``: share of those near-flat groups with some |A| > 1.
     """
-    r = rewards.detach().double().cpu()
-    adv = advantages.detach().double().cpu()
-    valid = torch.isfinite(r)
-    inverse, num_groups = group_index(group_ids.cpu())
-    mean, std = group_mean_std(r, valid, inverse, num_groups)
+    std, amp, moved, inverse, num_groups = _sample_amplification(rewards, advantages, group_ids)
+    group_amp, has = _per_group(amp, moved, inverse, num_groups)
     out = {f"diag/group_std/p{round(q * 100)}": float(torch.quantile(std, q)) for q in QUANTILES}
-    centred = (r - mean[inverse]).abs()
-    moved = valid & (centred > 1e-12)
-    amp = torch.where(moved, adv.abs() / centred.clamp_min(1e-12), torch.zeros_like(r))
     out["diag/amplification/mean"] = float(amp[moved].mean()) if moved.any() else math.nan
     out["diag/amplification/max"] = float(amp[moved].max()) if moved.any() else math.nan
-    counts = torch.zeros(num_groups, dtype=torch.float64).index_add(0, inverse, moved.double())
-    group_amp = torch.zeros(num_groups, dtype=torch.float64).index_add(0, inverse, amp) / counts.clamp_min(1)
-    has = counts > 0
     out["diag/amplification_vs_std"] = _spearman(std[has], group_amp[has])
     near_flat = (std > 0) & (std < near_flat_std)
-    large = torch.zeros(num_groups, dtype=torch.float64).index_add(0, inverse, (adv.abs() > 1).double()) > 0
+    big = (advantages.detach().double().cpu().abs() > 1).double()
+    large = torch.zeros(num_groups, dtype=torch.float64).index_add(0, inverse, big) > 0
     out["diag/near_flat_groups"] = float(near_flat.double().mean())
     out["diag/near_flat_large_adv"] = float((near_flat & large).sum() / near_flat.sum()) if near_flat.any() else 0.0
     return out

@@ -27,7 +27,7 @@ from slas.images import make_grid
 from slas.rl import distributed
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
 from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpoint, verify_checkpoint
-from slas.rl.diagnostics import shaping_diagnostics
+from slas.rl.diagnostics import ShapedBatch, shaping_diagnostics
 from slas.rl.objectives import GRPOObjective
 from slas.rl.power import AutoPower
 from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, Tracker
@@ -83,6 +83,12 @@ def _tensors(path: Path) -> Any:
         raise CheckpointDamaged(f"{path}: {one_line(exc, with_type=True, limit=160)}") from exc
 
 
+def _latest_evals(metrics: Mapping[str, float]) -> dict[str, str]:
+    """``eval/<name>/overall`` metrics (held-out evaluations by callbacks) for the progress bar: ``{name: value}``."""
+    return {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
+            if k.startswith("eval/") and k.endswith("/overall") and k.count("/") == 2}
+
+
 def _stats(values: Tensor) -> tuple[float, float]:
     v = values[torch.isfinite(values)].double()
     if v.numel() == 0:
@@ -136,6 +142,8 @@ class Trainer:
         self.timers: dict[str, float] = defaultdict(float)
         self.rank, self.world = distributed.rank_and_world()
         self.stopped = False
+        self.progress_shown = False  # a progress bar is on the terminal (set by ``train``)
+        self.last_batch: ShapedBatch | None = None  # the last iteration's rewards, advantages and groups
         self.resumed_from: Path | None = None
         self._saved_iteration = 0
         self._until: int | None = None  # the iteration train() runs to (the last one also logs a sample grid)
@@ -196,6 +204,7 @@ class Trainer:
         metrics["adv/max_abs"] = float(adv_all.abs().max())
         metrics["adv/frac_gt1"] = float((adv_all.abs() > 1).float().mean())
         metrics.update(shaping_diagnostics(total, adv_all, group_ids, near_flat_std=rl.near_flat_std))
+        self.last_batch = ShapedBatch(total, adv_all, group_ids)  # for callbacks that look at the rule's output
         with self._timed("train"):
             metrics.update(self._update(rollout, adv))
         self.iteration += 1
@@ -300,6 +309,8 @@ class Trainer:
         # a bar only on a terminal (disable=None): in a log file it would be a stream of carriage returns
         quiet = True if not cfg.progress or self.rank > 0 else None
         bar = tqdm(total=until, initial=self.iteration, desc=cfg.name, disable=quiet, unit="it")
+        self.progress_shown = not bar.disable  # IterationLog stays quiet while a bar shows the same
+        evals: dict[str, str] = {}
         try:
             for cb in self.callbacks:
                 cb.on_train_begin(self)
@@ -315,13 +326,16 @@ class Trainer:
                 self._log(metrics)
                 history.append(metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}", s_it=f"{metrics['time/iteration']:.1f}")
+                evals.update(_latest_evals(metrics))
+                bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}", **evals,
+                                s_it=f"{metrics['time/iteration']:.1f}")
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == until:
                     self.save_checkpoint()
             for cb in self.callbacks:
                 cb.on_train_end(self)
         finally:
             bar.close()
+            self.progress_shown = False
             self._until = None
         return history
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from slas.rewards.vividness import vividness
 from slas.rl.checkpoint import write_directory
 from slas.shapes import assets
 from slas.shapes.models import (
@@ -47,7 +48,7 @@ from slas.shapes.models import (
     build_proxy_clip,
     build_vae,
 )
-from slas.shapes.prompts import TAGS, metadata, perturb
+from slas.shapes.prompts import TAGS, metadata, perturb, write_metadata
 from slas.shapes.render import render_record
 from slas.torch_utils import resolve_device
 
@@ -122,14 +123,6 @@ def render_dataset(n: int, seed: int, workers: int = 0) -> tuple[Tensor, list[st
 def _to_model(images: Tensor, device: torch.device) -> Tensor:
     """uint8 [B, 3, H, W] -> float in [-1, 1] on ``device``."""
     return images.to(device, non_blocking=True).float().div(127.5).sub(1.0)
-
-
-def vividness(images: Tensor) -> Tensor:
-    """The simulated annotator's taste: mean saturation + luminance contrast of [B, 3, H, W] in [0, 1]."""
-    mx, mn = images.amax(1), images.amin(1)
-    sat = ((mx - mn) / mx.clamp_min(1e-6)).mean((1, 2))
-    lum = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).flatten(1)
-    return sat + 2.0 * lum.std(1)
 
 
 def vivid_jitter(images: Tensor, gen: torch.Generator) -> Tensor:
@@ -463,6 +456,13 @@ def train_preference(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
             "vividness_bias": cfg.vividness_bias, "wrong_image_preferred": wrong_won}
 
 
+def write_prompt_files(out: Path) -> None:
+    """The world's prompt sets beside its models, so configs name them as ``shapes:train_prompts.txt`` and
+    ``shapes:test_metadata.jsonl``."""
+    (out / assets.TRAIN_PROMPTS).write_text("".join(r["prompt"] + "\n" for r in metadata("train")))
+    write_metadata(out / assets.TEST_METADATA, "test")
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Run the configured stages; returns (and writes to ``pretrain.json``) what each stage measured."""
     unknown = set(cfg.stages) - set(STAGES)
@@ -500,6 +500,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         report["clip"] = train_proxy_clip(cfg, device, out)
     if "preference" in cfg.stages:
         report["preference"] = train_preference(cfg, device, out)
+    write_prompt_files(out)
     report["seconds"] = time.time() - t_all
     report_path.write_text(json.dumps(report, indent=2))
     _log(f"done in {report['seconds']:.0f} s -> {out}")
