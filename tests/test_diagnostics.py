@@ -51,3 +51,24 @@ def test_flat_groups_carry_no_amplification():
     assert d["diag/near_flat_groups"] == 0.0  # group 0 is exactly flat, not near-flat
     assert abs(d["diag/amplification/mean"] - 1.0) < 1e-6  # group 1: std 1, |A| = |r - mean|
     assert math.isnan(d["diag/amplification_vs_std"])  # one group moved: no correlation to speak of
+
+
+def test_reward_judge_correlation_pairs_each_evaluation_with_the_reward_since_the_last():
+    import math
+
+    from slas.rl.callbacks import RewardJudgeCorrelation
+
+    cb = RewardJudgeCorrelation()
+    rewards = [0.1, 0.3, 0.5, 0.7, 0.9, 1.1]
+    judges = {2: 0.30, 4: 0.20, 6: 0.10}  # the reward climbs while the judge falls: hacking
+    logged = {}
+    for it, r in enumerate(rewards, start=1):
+        metrics = {"reward/total/mean": r}
+        if it in judges:
+            metrics["eval/judge/overall"] = judges[it]
+            metrics["eval/judge/overall_se"] = 0.01  # not an evaluation of its own
+        logged[it] = cb.on_step_end(None, metrics)
+    assert logged[1] is None and logged[2] == {} and logged[4] == {}  # fewer than three evaluations
+    assert set(logged[6]) == {"diag/reward_judge_corr/judge"}
+    # pairs (mean reward since the last evaluation, judge): (0.2, 0.3), (0.6, 0.2), (1.0, 0.1): exactly -1
+    assert math.isclose(logged[6]["diag/reward_judge_corr/judge"], -1.0)

@@ -14,7 +14,7 @@ from slas.config import load_config
 from slas.paths import expand_shapes_refs, shapes_assets_dir
 from slas.shapes import assets
 from slas.shapes.demo import FULL, METHODS, demo_config
-from slas.shapes.prompts import metadata
+from slas.shapes.prompts import balanced_prompts, metadata
 from slas.testing.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,11 @@ def test_the_configs_are_the_demo_runs_with_portable_paths(method, tmp_path):
 
 def test_the_shipped_prompt_files_are_the_worlds_splits():
     root = assets.assets_dir()
-    assert (root / assets.TRAIN_PROMPTS).read_text().splitlines() == [r["prompt"] for r in metadata("train")]
+    lines = (root / assets.TRAIN_PROMPTS).read_text().splitlines()
+    assert lines == balanced_prompts("train") and set(lines) == {r["prompt"] for r in metadata("train")}
+    tags = {r["prompt"]: r["tag"] for r in metadata("train")}
+    counts = {t: sum(tags[p] == t for p in lines) for t in set(tags.values())}
+    assert len(set(counts.values())) == 1, counts  # every tag equally often
     rows = [json.loads(line) for line in (root / assets.TEST_METADATA).read_text().splitlines()]
     assert rows == metadata("test")
 

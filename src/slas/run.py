@@ -34,7 +34,7 @@ from slas.policies import load_policy
 from slas.preflight import preflight
 from slas.rewards import build
 from slas.rl import distributed
-from slas.rl.callbacks import IterationLog
+from slas.rl.callbacks import IterationLog, RewardJudgeCorrelation
 from slas.rl.checkpoint import latest_checkpoint, list_checkpoints, remove_orphans
 from slas.rl.protocols import Callback
 from slas.rl.trainer import Trainer
@@ -337,7 +337,8 @@ def _train_recorded(config: SLASConfig, resume: bool, stop: threading.Event, sto
         job = _JobCallback(stop, lambda it, path: record("a checkpoint", "add_checkpoint", job_id, it, path))
         evaluation = _evaluation(config, lambda **row: record("an evaluation", "add_eval", job_id=job_id, **row))
         trainer = build_trainer(config, resume=resume, mlflow_run_id=mlflow_run_id,
-                                callbacks=[job, IterationLog(), *evaluation, *callbacks], checked=checked)
+                                callbacks=[job, IterationLog(), *evaluation, *callbacks, RewardJudgeCorrelation()],
+                                checked=checked)
         if store is not None:
             if trainer.resumed_from is not None:
                 record("the resume point", "set_attempt_resumed_from", attempt.id, trainer.resumed_from.resolve())

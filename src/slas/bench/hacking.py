@@ -30,7 +30,7 @@ from typing import Any
 
 from slas.bench import machine
 from slas.errors import SlasError
-from slas.shapes.demo import FULL, DemoPlan, Evaluator, demo_config, post_train
+from slas.shapes.demo import FULL, DemoPlan, Evaluator, demo_config, post_train, quiet_libraries
 
 PUBLISHED = Path("benchmarks/results")  # where --publish writes the committed table and plot
 
@@ -57,7 +57,7 @@ batch std with power X, shaping the centred reward before normalising (``_norm_f
 slas_auto = SLAS with ``rl.power: auto`` (p chosen each iteration within the Fisher-based bound)."""
 BASELINE = "dancegrpo"
 
-BENCH_PLAN = dataclasses.replace(FULL, eval_every=FULL.iterations)  # the demo's run; before and after only
+BENCH_PLAN = dataclasses.replace(FULL, iterations=32, eval_every=32)  # the demo's settings, half its length
 LONG_PLAN = dataclasses.replace(FULL, iterations=3 * FULL.iterations, eval_every=FULL.iterations // 2)
 QUICK_PLAN = DemoPlan(iterations=2, prompts_per_iter=2, group_size=4, num_steps=4, eval_every=1,
                       eval_images_per_tag=1, eval_prompts_per_tag=1, lr=1e-4)
@@ -198,12 +198,9 @@ def markdown(summary: dict[str, dict[str, Any]], paired: dict[str, dict[str, Any
 
 def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
     """Held-out judge and vividness against iterations, mean over seeds per variant (long runs show the peak)."""
-    import matplotlib
+    from slas.shapes.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.2))
     for i, variant in enumerate(dict.fromkeys(r["variant"] for r in results)):
         curves = [r["curve"] for r in results if r["variant"] == variant]
         its = [p["iteration"] for p in curves[0]]
@@ -212,12 +209,7 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
             ax.plot(its[: len(ys)], ys, marker="os^vD<>ph*"[i % 10], color=f"C{i}", label=variant)
     axes[0].set(title="held-out judge (mean over seeds)", xlabel="iteration", ylabel="GenEval-style overall")
     axes[1].set(title="held-out vividness: the proxy's planted bias", xlabel="iteration", ylabel="mean vividness")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path, legend_size=7)
 
 
 def run_hacking(seeds: int = 3, *, out: str | Path = "runs/bench_hacking", publish: bool = False,
@@ -232,6 +224,7 @@ def run_hacking(seeds: int = 3, *, out: str | Path = "runs/bench_hacking", publi
     if unknown:
         raise BenchError(f"--variant: unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     plan = QUICK_PLAN if quick else LONG_PLAN if long else BENCH_PLAN
+    quiet_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = _run_all(names, seeds, plan, out, device, jobs)

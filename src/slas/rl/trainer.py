@@ -26,6 +26,7 @@ from slas.errors import SlasError, one_line
 from slas.images import make_grid
 from slas.rl import distributed
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
+from slas.rl.callbacks import held_out_overall
 from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpoint, verify_checkpoint
 from slas.rl.diagnostics import ShapedBatch, shaping_diagnostics
 from slas.rl.objectives import GRPOObjective
@@ -81,12 +82,6 @@ def _tensors(path: Path) -> Any:
                                 "(it could run code)") from exc
     except Exception as exc:
         raise CheckpointDamaged(f"{path}: {one_line(exc, with_type=True, limit=160)}") from exc
-
-
-def _latest_evals(metrics: Mapping[str, float]) -> dict[str, str]:
-    """``eval/<name>/overall`` metrics (held-out evaluations by callbacks) for the progress bar: ``{name: value}``."""
-    return {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
-            if k.startswith("eval/") and k.endswith("/overall") and k.count("/") == 2}
 
 
 def _stats(values: Tensor) -> tuple[float, float]:
@@ -326,7 +321,7 @@ class Trainer:
                 self._log(metrics)
                 history.append(metrics)
                 bar.update(1)
-                evals.update(_latest_evals(metrics))
+                evals.update({name: f"{v:.3f}" for name, v in held_out_overall(metrics).items()})
                 bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}", **evals,
                                 s_it=f"{metrics['time/iteration']:.1f}")
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == until:

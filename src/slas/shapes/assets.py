@@ -17,7 +17,7 @@ T2I = "t2i"
 CLIP = "clip"
 PREFERENCE = "preference"
 PREFERENCE_WEIGHTS = "open_clip_model.safetensors"
-TRAIN_PROMPTS = "train_prompts.txt"  # the train split, one prompt a line (``slas train`` data)
+TRAIN_PROMPTS = "train_prompts.txt"  # the train split balanced over tags, one prompt a line (``slas train`` data)
 TEST_METADATA = "test_metadata.jsonl"  # the test split in GenEval's format (``slas eval geneval --metadata``)
 PRETRAIN_COMMAND = "python -m slas.shapes.pretrain"
 

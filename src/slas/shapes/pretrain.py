@@ -48,7 +48,7 @@ from slas.shapes.models import (
     build_proxy_clip,
     build_vae,
 )
-from slas.shapes.prompts import TAGS, metadata, perturb, write_metadata
+from slas.shapes.prompts import TAGS, balanced_prompts, metadata, perturb, write_metadata
 from slas.shapes.render import render_record
 from slas.torch_utils import resolve_device
 
@@ -457,9 +457,9 @@ def train_preference(cfg: PretrainConfig, device: torch.device, out_dir: Path) -
 
 
 def write_prompt_files(out: Path) -> None:
-    """The world's prompt sets beside its models, so configs name them as ``shapes:train_prompts.txt`` and
-    ``shapes:test_metadata.jsonl``."""
-    (out / assets.TRAIN_PROMPTS).write_text("".join(r["prompt"] + "\n" for r in metadata("train")))
+    """The world's prompt sets beside its models, so configs name them as ``shapes:train_prompts.txt`` (the
+    train split balanced over tags) and ``shapes:test_metadata.jsonl``."""
+    (out / assets.TRAIN_PROMPTS).write_text("".join(p + "\n" for p in balanced_prompts("train")))
     write_metadata(out / assets.TEST_METADATA, "test")
 
 

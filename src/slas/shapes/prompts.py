@@ -137,6 +137,15 @@ def metadata(split: str) -> list[dict]:
     return [rec for rec, held in _records() if held == want_test or rec["tag"] == "single_object"]
 
 
+def balanced_prompts(split: str = "train") -> list[str]:
+    """The prompts of ``split`` with every tag equally often: each tag's prompts cycled to the largest tag's
+    count. RL samples prompts uniformly from its file, and the colour pairs (three quarters of the train
+    split) would otherwise leave counting, colours and single objects a few groups a run."""
+    by_tag = {t: [r["prompt"] for r in metadata(split) if r["tag"] == t] for t in TAGS}
+    size = max(len(v) for v in by_tag.values())
+    return [ps[i % len(ps)] for ps in by_tag.values() if ps for i in range(size)]
+
+
 def write_metadata(path: str | Path, split: str) -> Path:
     """Write ``split`` as GenEval-style JSON lines."""
     p = Path(path)

@@ -101,9 +101,15 @@ def build_report(runs: Mapping[str, Mapping[str, Any]], seconds: float, plan: An
     """report.json: ``seconds``, ``iterations``, ``eval_images`` and per method the summary above."""
     window = max(1, plan.iterations // 4)
     any_run = next(iter(runs.values()))
-    return {"seconds": seconds, "iterations": plan.iterations, "eval_images": len(any_run["evals"][0]["verdicts"]),
-            "train_reward_window": window,
-            "methods": {name: method_summary(run, window) for name, run in runs.items()}}
+    report = {"seconds": seconds, "iterations": plan.iterations, "eval_images": len(any_run["evals"][0]["verdicts"]),
+              "train_reward_window": window,
+              "methods": {name: method_summary(run, window) for name, run in runs.items()}}
+    if len(runs) == 2:
+        (a, ra), (b, rb) = runs.items()
+        last_a, last_b = ra["evals"][-1], rb["evals"][-1]
+        diff = paired_gain(last_a["tags"], last_a["verdicts"], last_b["verdicts"])["overall"]
+        report["difference"] = {"of": b, "minus": a, "judge_after": {"mean": diff[0], "se": diff[1]}}
+    return report
 
 
 def _pm(mean: float, se: float, signed: bool = False) -> str:
@@ -148,13 +154,13 @@ def what_this_shows(report: Mapping[str, Any]) -> str:
             f"{'up' if tr['last'] > tr['first'] else 'down'} ({tr['first']:.3f} -> {tr['last']:.3f})"
             + ("; its held-out proxy rose while the judge fell: it gamed the proxy." if hacked else ".")
         )
-    gains = {n: m["judge_gain"]["overall"] for n, m in report["methods"].items()}
-    if len(gains) == 2:
-        (a, ga), (b, gb) = gains.items()
-        diff = gb["mean"] - ga["mean"]
-        se = math.sqrt(ga["se"] ** 2 + gb["se"] ** 2)
-        verdict = "a difference within noise" if abs(diff) < 2 * se else f"{b if diff > 0 else a} ahead beyond noise"
-        parts.append(f"{b} minus {a}: {diff:+.3f} (± {se:.3f}, treating the runs as independent): {verdict}.")
+    if "difference" in report:
+        d = report["difference"]
+        mean, se = d["judge_after"]["mean"], d["judge_after"]["se"]
+        ahead = d["of"] if mean > 0 else d["minus"]
+        verdict = "a difference within noise" if abs(mean) < 2 * se else f"{ahead} ahead beyond noise"
+        parts.append(f"After training, {d['of']} minus {d['minus']} on the judge: {mean:+.3f} ± {se:.3f} (paired over "
+                     f"the same images): {verdict}.")
     parts.append(
         f"The judge (ground truth: the world's detector + GenEval's rules) scored {report['eval_images']} held-out "
         "images per evaluation, the same prompts and seeds before and after; it never trains anything. "
@@ -202,13 +208,25 @@ def write_report(out_dir: Path, report: Mapping[str, Any], plan: Any, paths: Map
 # --------------------------------------------------------------------------------------------------- plots
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on a server)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, axes, path: Path, legend_size: int = 8) -> None:
+    """Grid and legend (where something is labelled) on every axis, then write ``path`` and free the figure."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
 
 
 def _moving_average(xs: Sequence[float], k: int) -> list[float]:
@@ -218,7 +236,7 @@ def _moving_average(xs: Sequence[float], k: int) -> list[float]:
 def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     """Left: training reward per iteration (faint) and its moving average, held-out proxy at evaluations.
     Right: the judge at evaluations with ±1 SE bars, on a fixed 0..1 scale so noise is not zoomed into."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, (name, run) in enumerate(runs.items()):
         color, marker = COLORS.get(name, f"C{i + 2}"), MARKERS.get(name, "^")
@@ -236,19 +254,14 @@ def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     axes[0].set(title="proxy reward (HPS-like + CLIP-like)", xlabel="iteration", ylabel="mean reward")
     axes[1].set(title="judge: GenEval-style overall on held-out prompts (±1 SE)", xlabel="iteration",
                 ylabel="accuracy", ylim=(0, 1))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path)
 
 
 def plot_mechanism(runs: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     """The paper's mechanism, per method. Left: each training group's amplification |A| / |r - mean| against
     its within-group reward std (prompt-std normalisation blows flat groups up; SLAS does not). Right: the
     planted bias (vividness) of the training rollouts over iterations."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, (name, run) in enumerate(runs.items()):
         color = COLORS.get(name, f"C{i + 2}")
@@ -265,12 +278,7 @@ def plot_mechanism(runs: Mapping[str, Mapping[str, Any]], path: Path) -> None:
                 xscale="log", yscale="log")
     axes[1].set(title="vividness of the training rollouts (the proxy's planted bias)", xlabel="iteration",
                 ylabel="mean vividness")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path)
 
 
 def labelled_grid(images: Tensor, prompts: Sequence[str], verdicts: Sequence[bool], *, per_row: int = 8,
@@ -300,5 +308,5 @@ def labelled_grid(images: Tensor, prompts: Sequence[str], verdicts: Sequence[boo
 
 __all__ = [
     "build_report", "first_last", "judge_se", "labelled_grid", "markdown", "paired_gain", "plot_curves",
-    "plot_mechanism", "what_this_shows", "write_report",
+    "plot_mechanism", "save_figure", "what_this_shows", "write_report",
 ]
