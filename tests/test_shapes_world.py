@@ -159,6 +159,12 @@ def test_demo_writes_the_report_contract_and_records_both_runs(tmp_path, capsys)
     with open_store() as store:
         jobs = {j.name: j for j in store.list_jobs()}
     assert jobs["demo-dancegrpo"].status == jobs["demo-slas"].status == "completed"
+    from mlflow import MlflowClient
+
+    from slas.platform.tracking import default_tracking_uri
+
+    logged = {a.path for a in MlflowClient(default_tracking_uri()).list_artifacts(jobs["demo-slas"].mlflow_run_id, "demo")}
+    assert {"demo/report.md", "demo/mechanism.png", "demo/grid_after_slas.png"} <= logged
 
 
 @pytest.mark.slow

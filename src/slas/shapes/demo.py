@@ -233,9 +233,9 @@ def _log_files(runs: dict[str, dict[str, Any]], store, files: Sequence[Path]) ->
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=default_tracking_uri())
-        for run in runs.values():
-            run_id = store.get_job(run["job_id"]).mlflow_run_id
-            for f in (f for f in files if f.is_file()) if run_id else ():
+        run_ids = [store.get_job(run["job_id"]).mlflow_run_id for run in runs.values()]
+        for run_id in filter(None, run_ids):
+            for f in filter(Path.is_file, files):
                 client.log_artifact(run_id, str(f), artifact_path="demo")
     except Exception as exc:  # the files are on disk either way
         warnings.warn(f"demo: could not log the report to MLflow: {str(exc).splitlines()[0]}", stacklevel=2)
