@@ -185,5 +185,7 @@ def test_bench_hacking_summarizes_every_variant_over_seeds(tmp_path, monkeypatch
     assert "| slas_p2_norm_first |" in table and "Machine:" in table and "95% interval" in table
     assert (tmp_path / "runs" / "hacking.png").stat().st_size > 0
     assert not (tmp_path / "published").exists()  # the committed table is written only with publish=True
+    hacking.run_hacking(2, out=tmp_path / "runs", quick=True, variants=["dancegrpo", "slas_p2_norm_first"], publish=True)
+    assert (tmp_path / "published" / "hacking.md").read_text() == table  # resumed from results.jsonl, then published
     with pytest.raises(ValueError, match="unknown variant"):
         hacking.run_hacking(1, out=tmp_path, variants=["grpo"])

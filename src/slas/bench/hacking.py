@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -236,11 +237,13 @@ def run_hacking(seeds: int = 3, *, out: str | Path = "runs/bench_hacking", publi
     (out / "results.json").write_text(json.dumps(report, indent=2))
     table = markdown(summary, paired, meta)
     stem = "hacking_long" if long else "hacking"
+    (out / f"{stem}.md").write_text(table)
+    plot(results, out / f"{stem}.png")
     targets = [out] + ([PUBLISHED] if publish else [])
-    for folder in targets:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stem}.md").write_text(table)
-        plot(results, folder / f"{stem}.png")
+    if publish:  # the same files, drawn once
+        PUBLISHED.mkdir(parents=True, exist_ok=True)
+        for suffix in (".md", ".png"):
+            shutil.copyfile(out / f"{stem}{suffix}", PUBLISHED / f"{stem}{suffix}")
     print(table)
     print("wrote " + ", ".join(str((f / stem).resolve()) + ".md/.png" for f in targets) + f" and {(out / 'results.json').resolve()}")
     return report
