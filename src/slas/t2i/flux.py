@@ -60,9 +60,9 @@ class FluxPolicy(DiffusionPolicy):
             model_output, sigmas[i], sigmas[i + 1], sample, self.sample_cfg.eta, self.sample_cfg.sde_kind
         )
 
-    def _model_output(self, net, latents: Tensor, steps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
+    def _model_output(self, net, latents: Tensor, timesteps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
         n = latents.shape[0]
-        t = trajectory.timesteps.to(self.device)[steps.to(self.device)].to(latents.dtype)
+        t = timesteps.to(latents.dtype)
         guidance = None
         if net.config.guidance_embeds:
             guidance = torch.full([n], self.sample_cfg.guidance_scale, device=self.device, dtype=torch.float32)

@@ -161,8 +161,9 @@ class DiffusionPolicy(abc.ABC):
         """Float32 (mean, std) of the stochastic step ``step`` (int or per-sample tensor)."""
 
     @abc.abstractmethod
-    def _model_output(self, net, latents: Tensor, steps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
-        """The guided model output the pipeline would compute for these latents at these steps."""
+    def _model_output(self, net, latents: Tensor, timesteps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
+        """The guided model output the pipeline would compute for these latents at these timestep values
+        (the scheduler's units, one per sample), conditioned as samples ``indices`` of ``trajectory``."""
 
     # ------------------------------------------------------------------ the policy protocol
     @property
@@ -307,10 +308,22 @@ class DiffusionPolicy(abc.ABC):
         steps = torch.as_tensor(step, dtype=torch.long, device=idx.device).reshape(-1).expand(len(idx))
         x = trajectory.latents[idx, steps].to(self.device)
         x_next = trajectory.latents[idx, steps + 1].to(self.device)
-        with self._net(reference) as net, self._autocast():
-            out = self._model_output(net, x, steps, trajectory, idx)
+        out = self.model_output(trajectory, idx, x, trajectory.timesteps.to(self.device)[steps.to(self.device)],
+                                reference=reference)
         mean, std = self._transition(steps, out, x, trajectory.shared)
         return mean, std, gaussian_log_prob(x_next, mean, std)
+
+    def model_output(
+        self, trajectory: Trajectory, indices: Tensor, latents: Tensor, timesteps: Tensor, *, reference: bool = False
+    ) -> Tensor:
+        """The guided denoiser output (noise, v or flow velocity, as the pipeline's scheduler reads it) at ANY
+        latents and timestep values (scheduler units, [B]), conditioned as samples ``indices`` of
+        ``trajectory``, with grad. Objectives that train off the recorded chain (DiffusionNFT's forward
+        process) call this; ``step_distribution`` is it at the recorded latents and steps."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=trajectory.latents.device).reshape(-1)
+        t = torch.as_tensor(timesteps, device=self.device).reshape(-1).expand(len(idx))
+        with self._net(reference) as net, self._autocast():
+            return self._model_output(net, latents.to(self.device), t, trajectory, idx)
 
     def step_log_prob(self, trajectory: Trajectory, indices: Tensor, step: int | Tensor) -> Tensor:
         return self.step_distribution(trajectory, indices, step)[2]

@@ -59,8 +59,8 @@ class SDPolicy(DiffusionPolicy):
         t = schedule["timesteps"][torch.as_tensor(step, device=schedule["timesteps"].device)]
         return ddim_step_mean_std(self.pipe.scheduler, model_output, t, sample, self.sample_cfg.eta)
 
-    def _model_output(self, net, latents: Tensor, steps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
-        t = trajectory.timesteps.to(self.device)[steps.to(self.device)]
+    def _model_output(self, net, latents: Tensor, timesteps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
+        t = timesteps
         embeds = trajectory.cond["prompt_embeds"][indices].to(self.device)
         if not self._cfg:
             return net(latents, t, encoder_hidden_states=embeds, return_dict=False)[0]
