@@ -7,12 +7,36 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from slas.config import SampleConfig
 from slas.rl.trajectory import Trajectory
-from slas.t2i.policy import DiffusionPolicy
+from slas.t2i.policy import PipelinePolicy
 from slas.t2i.sde import flow_sde_mean_std
 
 
-class FluxPolicy(DiffusionPolicy):
+class FlowSchedule:
+    """The flow-matching half of a policy: the Euler scheduler (a static ``sample.shift`` when set, as
+    DanceGRPO's 3, else the model's own, possibly resolution-dependent, shift) and the stochastic flow step
+    over its sigmas (``sample.sde_kind``: DanceGRPO's or Flow-GRPO's SDE). FLUX, Kontext and Qwen-Image-Edit
+    share it."""
+
+    sample_cfg: SampleConfig
+
+    def _make_scheduler(self, scheduler) -> FlowMatchEulerDiscreteScheduler:
+        overrides = {} if self.sample_cfg.shift is None else {"shift": self.sample_cfg.shift, "use_dynamic_shifting": False}
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **overrides)
+
+    def _schedule(self, scheduler) -> dict[str, Tensor]:
+        return {"timesteps": scheduler.timesteps.to(self.device), "sigmas": scheduler.sigmas.to(self.device)}
+
+    def _transition(self, step, model_output: Tensor, sample: Tensor, schedule: dict) -> tuple[Tensor, Tensor]:
+        sigmas = schedule["sigmas"]
+        i = torch.as_tensor(step, device=sigmas.device)
+        return flow_sde_mean_std(
+            model_output, sigmas[i], sigmas[i + 1], sample, self.sample_cfg.eta, self.sample_cfg.sde_kind
+        )
+
+
+class FluxPolicy(FlowSchedule, PipelinePolicy):
     """``FluxPipeline`` + stochastic flow steps; the transformer is trained (fully or with LoRA).
 
     ``sample.shift`` fixes a static sigma shift (DanceGRPO uses 3) in place of FLUX.1-dev's
@@ -21,10 +45,6 @@ class FluxPolicy(DiffusionPolicy):
 
     pipeline_class = FluxPipeline
     component = "transformer"
-
-    def _make_scheduler(self, scheduler) -> FlowMatchEulerDiscreteScheduler:
-        overrides = {} if self.sample_cfg.shift is None else {"shift": self.sample_cfg.shift, "use_dynamic_shifting": False}
-        return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **overrides)
 
     def _latent_size(self) -> int:
         return 2 * (self.sample_cfg.resolution // (self.pipe.vae_scale_factor * 2))
@@ -49,16 +69,6 @@ class FluxPolicy(DiffusionPolicy):
             "guidance_scale": self.sample_cfg.guidance_scale,
             "max_sequence_length": self.sample_cfg.max_sequence_length,
         }
-
-    def _schedule(self, scheduler) -> dict[str, Tensor]:
-        return {"timesteps": scheduler.timesteps.to(self.device), "sigmas": scheduler.sigmas.to(self.device)}
-
-    def _transition(self, step, model_output: Tensor, sample: Tensor, schedule: dict) -> tuple[Tensor, Tensor]:
-        sigmas = schedule["sigmas"]
-        i = torch.as_tensor(step, device=sigmas.device)
-        return flow_sde_mean_std(
-            model_output, sigmas[i], sigmas[i + 1], sample, self.sample_cfg.eta, self.sample_cfg.sde_kind
-        )
 
     def _model_output(self, net, latents: Tensor, timesteps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
         n = latents.shape[0]

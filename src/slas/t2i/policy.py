@@ -74,7 +74,12 @@ def _recording_scheduler(base, recorder: _StepRecorder):
 
 
 class DiffusionPolicy(abc.ABC):
-    """A diffusers text-to-image pipeline as a policy (see ``slas.rl.trajectory.Policy``)."""
+    """A diffusers pipeline's denoiser as a trainable policy (``slas.rl.protocols.Policy``): loading, LoRA or
+    full fine-tune, the reference copy, re-scoring recorded transitions and checkpoints.
+
+    How rollouts and samples are drawn is the subclass's: :class:`PipelinePolicy` calls the text-to-image
+    pipeline itself; the edit policies (``slas.editing.policy``) run their own solver loop.
+    """
 
     pipeline_class: type
     component: str  # the trained module of the pipeline: "unet" or "transformer"
@@ -141,16 +146,8 @@ class DiffusionPolicy(abc.ABC):
         """The scheduler this policy samples with (built from the pipeline's config)."""
 
     @abc.abstractmethod
-    def _encode(self, prompts: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Per-prompt conditioning (leading dim = len(prompts)) and conditioning shared by all samples."""
-
-    @abc.abstractmethod
     def _initial_noise(self, n: int, generator: list[torch.Generator]) -> Tensor:
         """Initial latents of ``n`` samples, in the layout the pipeline takes as ``latents=``."""
-
-    @abc.abstractmethod
-    def _pipeline_kwargs(self, cond: dict[str, Tensor], shared: dict[str, Tensor]) -> dict:
-        """Keyword arguments of the pipeline call besides latents, steps, size and output type."""
 
     @abc.abstractmethod
     def _schedule(self, scheduler) -> dict[str, Tensor]:
@@ -164,6 +161,14 @@ class DiffusionPolicy(abc.ABC):
     def _model_output(self, net, latents: Tensor, timesteps: Tensor, trajectory: Trajectory, indices: Tensor) -> Tensor:
         """The guided model output the pipeline would compute for these latents at these timestep values
         (the scheduler's units, one per sample), conditioned as samples ``indices`` of ``trajectory``."""
+
+    @abc.abstractmethod
+    def rollout(self, groups: Sequence[GroupLike], *, group_size: int, seed: int) -> Rollout:
+        """``group_size`` samples per group with their recorded stochastic chains (``Policy.rollout``)."""
+
+    @abc.abstractmethod
+    def generate(self, groups: Sequence[GroupLike], seeds: Sequence[int], *, batch_size: int = 8) -> Tensor:
+        """Deterministic samples, one per (group, seed) (``Policy.generate``)."""
 
     # ------------------------------------------------------------------ the policy protocol
     @property
@@ -179,6 +184,98 @@ class DiffusionPolicy(abc.ABC):
     def scheduled_transition(self, scheduler, step: int, model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, std) of rollout step ``step`` under ``scheduler`` (the recording copy, timesteps set)."""
         return self._transition(step, model_output, sample, self._schedule(scheduler))
+
+    @contextlib.contextmanager
+    def _net(self, reference: bool) -> Iterator[torch.nn.Module]:
+        net = self.denoiser
+        if not reference:
+            yield net
+            return
+        if not self._keep_reference:
+            raise RuntimeError("this policy was built without keep_reference=True; no reference model")
+        if self._reference is not None:
+            yield self._reference
+            return
+        net.disable_adapters()
+        try:
+            yield net
+        finally:
+            net.enable_adapters()
+
+    def step_distribution(
+        self, trajectory: Trajectory, indices: Tensor, step: int | Tensor, *, reference: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, std, log_prob) of recorded transition(s) ``step`` for samples ``indices``, with grad."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=trajectory.latents.device).reshape(-1)
+        steps = torch.as_tensor(step, dtype=torch.long, device=idx.device).reshape(-1).expand(len(idx))
+        x = trajectory.latents[idx, steps].to(self.device)
+        x_next = trajectory.latents[idx, steps + 1].to(self.device)
+        out = self.model_output(trajectory, idx, x, trajectory.timesteps.to(self.device)[steps.to(self.device)],
+                                reference=reference)
+        mean, std = self._transition(steps, out, x, trajectory.shared)
+        return mean, std, gaussian_log_prob(x_next, mean, std)
+
+    def model_output(
+        self, trajectory: Trajectory, indices: Tensor, latents: Tensor, timesteps: Tensor, *, reference: bool = False
+    ) -> Tensor:
+        """The guided denoiser output (noise, v or flow velocity, as the pipeline's scheduler reads it) at ANY
+        latents and timestep values (scheduler units, [B]), conditioned as samples ``indices`` of
+        ``trajectory``, with grad. Objectives that train off the recorded chain (DiffusionNFT's forward
+        process) call this; ``step_distribution`` is it at the recorded latents and steps."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=trajectory.latents.device).reshape(-1)
+        t = torch.as_tensor(timesteps, device=self.device).reshape(-1).expand(len(idx))
+        with self._net(reference) as net, self._autocast():
+            return self._model_output(net, latents.to(self.device), t, trajectory, idx)
+
+    def step_log_prob(self, trajectory: Trajectory, indices: Tensor, step: int | Tensor) -> Tensor:
+        return self.step_distribution(trajectory, indices, step)[2]
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_trainable(self, directory: Path) -> None:
+        """Full fine-tune: ``<component>/`` in diffusers format; LoRA: diffusers LoRA weights file."""
+        directory = Path(directory)
+        net = self.denoiser
+        if self.model_cfg.finetune == "lora":
+            layers = get_peft_model_state_dict(net)
+            self.pipeline_class.save_lora_weights(directory, **{f"{self.component}_lora_layers": layers})
+        else:
+            net.save_pretrained(directory / self.component, safe_serialization=True)
+
+    def load_trainable(self, directory: Path) -> None:
+        directory = Path(directory)
+        net = self.denoiser
+        if self.model_cfg.finetune == "lora":
+            state = load_file(directory / LORA_FILE)
+            prefix = f"{self.component}."
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+            result = set_peft_model_state_dict(net, state)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"{directory / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
+        else:
+            files = sorted((directory / self.component).glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no {self.component} weights under {directory}")
+            state = {}
+            for f in files:
+                state.update(load_file(f))
+            net.load_state_dict(state, strict=True)
+        cast_training_params(net, torch.float32)
+
+
+class PipelinePolicy(DiffusionPolicy):
+    """A text-to-image policy whose rollouts and samples are calls of the diffusers pipeline itself.
+
+    Only the scheduler's ``step`` is swapped during a rollout (see :class:`_StepRecorder`); subclasses say how
+    to encode prompts and what else the call takes.
+    """
+
+    @abc.abstractmethod
+    def _encode(self, prompts: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per-prompt conditioning (leading dim = len(prompts)) and conditioning shared by all samples."""
+
+    @abc.abstractmethod
+    def _pipeline_kwargs(self, cond: dict[str, Tensor], shared: dict[str, Tensor]) -> dict:
+        """Keyword arguments of the pipeline call besides latents, steps, size and output type."""
 
     @torch.no_grad()
     def rollout(self, groups: Sequence[GroupLike], *, group_size: int, seed: int) -> Rollout:
@@ -282,79 +379,3 @@ class DiffusionPolicy(abc.ABC):
         with self._autocast():
             images = self.pipe(**{k: v for k, v in kwargs.items() if k in accepted}).images
         return images.float().clamp(0, 1).cpu()
-
-    @contextlib.contextmanager
-    def _net(self, reference: bool) -> Iterator[torch.nn.Module]:
-        net = self.denoiser
-        if not reference:
-            yield net
-            return
-        if not self._keep_reference:
-            raise RuntimeError("this policy was built without keep_reference=True; no reference model")
-        if self._reference is not None:
-            yield self._reference
-            return
-        net.disable_adapters()
-        try:
-            yield net
-        finally:
-            net.enable_adapters()
-
-    def step_distribution(
-        self, trajectory: Trajectory, indices: Tensor, step: int | Tensor, *, reference: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean, std, log_prob) of recorded transition(s) ``step`` for samples ``indices``, with grad."""
-        idx = torch.as_tensor(indices, dtype=torch.long, device=trajectory.latents.device).reshape(-1)
-        steps = torch.as_tensor(step, dtype=torch.long, device=idx.device).reshape(-1).expand(len(idx))
-        x = trajectory.latents[idx, steps].to(self.device)
-        x_next = trajectory.latents[idx, steps + 1].to(self.device)
-        out = self.model_output(trajectory, idx, x, trajectory.timesteps.to(self.device)[steps.to(self.device)],
-                                reference=reference)
-        mean, std = self._transition(steps, out, x, trajectory.shared)
-        return mean, std, gaussian_log_prob(x_next, mean, std)
-
-    def model_output(
-        self, trajectory: Trajectory, indices: Tensor, latents: Tensor, timesteps: Tensor, *, reference: bool = False
-    ) -> Tensor:
-        """The guided denoiser output (noise, v or flow velocity, as the pipeline's scheduler reads it) at ANY
-        latents and timestep values (scheduler units, [B]), conditioned as samples ``indices`` of
-        ``trajectory``, with grad. Objectives that train off the recorded chain (DiffusionNFT's forward
-        process) call this; ``step_distribution`` is it at the recorded latents and steps."""
-        idx = torch.as_tensor(indices, dtype=torch.long, device=trajectory.latents.device).reshape(-1)
-        t = torch.as_tensor(timesteps, device=self.device).reshape(-1).expand(len(idx))
-        with self._net(reference) as net, self._autocast():
-            return self._model_output(net, latents.to(self.device), t, trajectory, idx)
-
-    def step_log_prob(self, trajectory: Trajectory, indices: Tensor, step: int | Tensor) -> Tensor:
-        return self.step_distribution(trajectory, indices, step)[2]
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_trainable(self, directory: Path) -> None:
-        """Full fine-tune: ``<component>/`` in diffusers format; LoRA: diffusers LoRA weights file."""
-        directory = Path(directory)
-        net = self.denoiser
-        if self.model_cfg.finetune == "lora":
-            layers = get_peft_model_state_dict(net)
-            self.pipeline_class.save_lora_weights(directory, **{f"{self.component}_lora_layers": layers})
-        else:
-            net.save_pretrained(directory / self.component, safe_serialization=True)
-
-    def load_trainable(self, directory: Path) -> None:
-        directory = Path(directory)
-        net = self.denoiser
-        if self.model_cfg.finetune == "lora":
-            state = load_file(directory / LORA_FILE)
-            prefix = f"{self.component}."
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-            result = set_peft_model_state_dict(net, state)
-            if getattr(result, "unexpected_keys", None):
-                raise ValueError(f"{directory / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
-        else:
-            files = sorted((directory / self.component).glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"no {self.component} weights under {directory}")
-            state = {}
-            for f in files:
-                state.update(load_file(f))
-            net.load_state_dict(state, strict=True)
-        cast_training_params(net, torch.float32)

@@ -8,11 +8,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from slas.rl.trajectory import Trajectory
-from slas.t2i.policy import DiffusionPolicy
+from slas.t2i.policy import PipelinePolicy
 from slas.t2i.sde import ddim_step_mean_std
 
 
-class SDPolicy(DiffusionPolicy):
+class SDPolicy(PipelinePolicy):
     """``StableDiffusionPipeline`` + DDIM(eta) transitions; the UNet is trained (fully or with LoRA).
 
     As in DanceGRPO, the training forward applies the same classifier-free guidance as the rollout,
