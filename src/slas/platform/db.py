@@ -532,12 +532,15 @@ class Store:
         score: float | None = None,
         comment: str | None = None,
         other_sample_id: int | None = None,
+        tags: Iterable[str] | None = None,
     ) -> Rating:
-        """Rate one sample (``score``) or a pair (``other_sample_id`` and a ``choice`` such as a/b/tie)."""
+        """Rate one sample (``score``) or a pair (``other_sample_id`` and a ``choice`` such as a/b/tie), with
+        optional free-text ``tags`` (the review UI's "extra hand", "duplicate product", ...)."""
         if choice is None and score is None:
             raise ValueError("a rating needs a choice or a score")
+        tag_list = [str(t) for t in tags] if tags is not None else None
         row = Rating(sample_id=sample_id, other_sample_id=other_sample_id, rater=rater, choice=choice,
-                     score=score, comment=comment, created_at=utcnow())
+                     score=score, comment=comment, tags=tag_list or None, created_at=utcnow())
         with self._write() as s:
             for sid in (sample_id, other_sample_id):
                 if sid is not None and s.get(Sample, sid) is None:

@@ -146,6 +146,8 @@ class Sample(Base):
     seed: Mapped[int] = mapped_column(Integer)
     image_path: Mapped[str] = mapped_column(Text)
     rewards: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    person_image: Mapped[str | None] = mapped_column(Text)  # an editing sample's inputs (0003_review)
+    product_image: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -162,6 +164,7 @@ class Rating(Base):
     choice: Mapped[str | None] = mapped_column(String(32))
     score: Mapped[float | None] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str] | None] = mapped_column(JSON)  # e.g. ["extra hand"] (0003_review)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
