@@ -163,12 +163,88 @@ class DiffusionPolicy(abc.ABC):
         (the scheduler's units, one per sample), conditioned as samples ``indices`` of ``trajectory``."""
 
     @abc.abstractmethod
-    def rollout(self, groups: Sequence[GroupLike], *, group_size: int, seed: int) -> Rollout:
-        """``group_size`` samples per group with their recorded stochastic chains (``Policy.rollout``)."""
+    def _encode_groups(self, groups: list[Group]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per-group conditioning (leading dim = len(groups)), computed once per group and kept in the
+        trajectory so training re-scores with exactly what sampled, and conditioning shared by all samples."""
 
     @abc.abstractmethod
+    def _sample_chain(
+        self, cond: dict[str, Tensor], shared: dict[str, Tensor], noise: Tensor, generator: list[torch.Generator]
+    ) -> tuple[Tensor, list[Tensor], list[Tensor], dict[str, Tensor]]:
+        """Run the stochastic sampler from ``noise`` (one generator per sample): (images [n, 3, H, W], the
+        latents of every step including the first, the log-prob of every transition, the schedule)."""
+
+    @abc.abstractmethod
+    def _generate_batch(self, groups: list[Group], seeds: Sequence[int]) -> Tensor:
+        """Deterministic samples of one batch (see :meth:`generate`)."""
+
+    @torch.no_grad()
+    def rollout(self, groups: Sequence[GroupLike], *, group_size: int, seed: int) -> Rollout:
+        """``group_size`` samples per group; ``groups_per_call`` groups go through one sampler call.
+
+        Group j draws all its noise from generators seeded by ``(seed + j, sample)``, so a group's images do
+        not depend on how groups are chunked into calls or split across ranks.
+        """
+        groups = as_groups(groups)
+        per_call = self.sample_cfg.groups_per_call
+        parts = [
+            self._rollout_call(groups[s : s + per_call], group_size, seed, group_offset=s)
+            for s in range(0, len(groups), per_call)
+        ]
+        return Rollout.cat(parts)
+
+    def _rollout_call(self, groups: list[Group], group_size: int, seed: int, group_offset: int) -> Rollout:
+        n = len(groups) * group_size
+        seeds = range(seed + group_offset, seed + group_offset + len(groups))  # one per group
+        generator = [torch.Generator("cpu").manual_seed(_seed_for(g, i)) for g in seeds for i in range(group_size)]
+        cond, shared = self._encode_groups(groups)
+        cond = {k: v.repeat_interleave(group_size, dim=0) for k, v in cond.items()}
+        if self.sample_cfg.shared_noise:
+            per_group = [torch.Generator("cpu").manual_seed(_seed_for(g, -1)) for g in seeds]
+            noise = self._initial_noise(len(groups), per_group).repeat_interleave(group_size, dim=0)
+        else:
+            noise = self._initial_noise(n, generator)
+        net = self.denoiser
+        was_training = net.training
+        net.eval()
+        try:
+            images, latents, log_probs, schedule = self._sample_chain(cond, shared, noise, generator)
+        finally:
+            net.train(was_training)
+        traj = Trajectory(
+            latents=torch.stack(latents, dim=1),
+            log_probs=torch.stack(log_probs, dim=1),
+            timesteps=schedule["timesteps"],
+            cond=cond,
+            shared={**shared, **schedule},
+        )
+        group_ids = torch.arange(group_offset, group_offset + len(groups)).repeat_interleave(group_size)
+        expanded = [g.prompt for g in groups for _ in range(group_size)]
+        keys = [g.key for g in groups for _ in range(group_size)]
+        conditions = {k: [g.conditions[k] for g in groups for _ in range(group_size)] for k in groups[0].conditions}
+        return Rollout(images=images.float().clamp(0, 1), prompts=expanded, group_ids=group_ids, trajectory=traj,
+                       keys=keys, conditions=conditions)
+
+    @torch.no_grad()
     def generate(self, groups: Sequence[GroupLike], seeds: Sequence[int], *, batch_size: int = 8) -> Tensor:
-        """Deterministic samples, one per (group, seed) (``Policy.generate``)."""
+        """[N, 3, H, W] float CPU images in [0, 1], one per (group, seed), with the model's deterministic
+        sampler (DDIM with eta 0, the flow Euler ODE) at the policy's resolution, steps and guidance.
+
+        Each image's initial noise comes from a CPU generator seeded with its seed, so it does not depend on
+        the batch it is rendered in, the device, or the weights.
+        """
+        groups = as_groups(groups)
+        if len(groups) != len(seeds):
+            raise ValueError(f"generate: {len(groups)} prompts but {len(seeds)} seeds")
+        net = self.denoiser
+        was_training = net.training
+        net.eval()
+        try:
+            parts = [self._generate_batch(groups[i : i + batch_size], seeds[i : i + batch_size])
+                     for i in range(0, len(groups), batch_size)]
+        finally:
+            net.train(was_training)
+        return torch.cat(parts) if parts else torch.zeros(0, 3, self.sample_cfg.resolution, self.sample_cfg.resolution)
 
     # ------------------------------------------------------------------ the policy protocol
     @property
@@ -277,39 +353,16 @@ class PipelinePolicy(DiffusionPolicy):
     def _pipeline_kwargs(self, cond: dict[str, Tensor], shared: dict[str, Tensor]) -> dict:
         """Keyword arguments of the pipeline call besides latents, steps, size and output type."""
 
-    @torch.no_grad()
-    def rollout(self, groups: Sequence[GroupLike], *, group_size: int, seed: int) -> Rollout:
-        """``group_size`` images per group; ``groups_per_call`` groups go through one pipeline call.
+    def _encode_groups(self, groups: list[Group]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return self._encode([g.prompt for g in groups])
 
-        Group j draws all its noise from generators seeded by ``(seed + j, sample)``, so a group's images do
-        not depend on how groups are chunked into calls or split across ranks.
-        """
-        groups = as_groups(groups)
-        per_call = self.sample_cfg.groups_per_call
-        parts = [
-            self._rollout_call(groups[s : s + per_call], group_size, seed, group_offset=s)
-            for s in range(0, len(groups), per_call)
-        ]
-        return Rollout.cat(parts)
-
-    def _rollout_call(self, groups: list[Group], group_size: int, seed: int, group_offset: int) -> Rollout:
-        prompts = [g.prompt for g in groups]
-        n = len(prompts) * group_size
-        seeds = range(seed + group_offset, seed + group_offset + len(prompts))  # one per group
-        generator = [torch.Generator("cpu").manual_seed(_seed_for(g, i)) for g in seeds for i in range(group_size)]
-        cond, shared = self._encode(prompts)
-        cond = {k: v.repeat_interleave(group_size, dim=0) for k, v in cond.items()}
-        if self.sample_cfg.shared_noise:
-            per_group = [torch.Generator("cpu").manual_seed(_seed_for(g, -1)) for g in seeds]
-            noise = self._initial_noise(len(prompts), per_group).repeat_interleave(group_size, dim=0)
-        else:
-            noise = self._initial_noise(n, generator)
+    def _sample_chain(
+        self, cond: dict[str, Tensor], shared: dict[str, Tensor], noise: Tensor, generator: list[torch.Generator]
+    ) -> tuple[Tensor, list[Tensor], list[Tensor], dict[str, Tensor]]:
+        """One pipeline call with the recording scheduler standing in for the scheduler."""
         recorder = _StepRecorder(self, generator)
         original = self.pipe.scheduler
         self.pipe.scheduler = _recording_scheduler(original, recorder)
-        net = self.denoiser
-        was_training = net.training
-        net.eval()
         try:
             with self._autocast():
                 images = self.pipe(
@@ -324,44 +377,11 @@ class PipelinePolicy(DiffusionPolicy):
             schedule = self._schedule(self.pipe.scheduler)
         finally:
             self.pipe.scheduler = original
-            net.train(was_training)
-        traj = Trajectory(
-            latents=torch.stack(recorder.latents, dim=1),
-            log_probs=torch.stack(recorder.log_probs, dim=1),
-            timesteps=schedule["timesteps"],
-            cond=cond,
-            shared={**shared, **schedule},
-        )
-        group_ids = torch.arange(group_offset, group_offset + len(prompts)).repeat_interleave(group_size)
-        expanded = [p for p in prompts for _ in range(group_size)]
-        keys = [g.key for g in groups for _ in range(group_size)]
-        conditions = {k: [g.conditions[k] for g in groups for _ in range(group_size)] for k in groups[0].conditions}
-        return Rollout(images=images.float().clamp(0, 1), prompts=expanded, group_ids=group_ids, trajectory=traj,
-                       keys=keys, conditions=conditions)
+        return images, recorder.latents, recorder.log_probs, schedule
 
-    @torch.no_grad()
-    def generate(self, groups: Sequence[GroupLike], seeds: Sequence[int], *, batch_size: int = 8) -> Tensor:
-        """[N, 3, H, W] float CPU images in [0, 1], one per (group, seed), with the pipeline's deterministic
-        sampler (DDIM with eta 0, the flow Euler ODE) at the policy's resolution, steps and guidance.
-
-        Each image's initial noise comes from a CPU generator seeded with its seed, so it does not depend on
-        the batch it is rendered in, the device, or the weights.
-        """
-        prompts = [g.prompt for g in as_groups(groups)]
-        if len(prompts) != len(seeds):
-            raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
-        net = self.denoiser
-        was_training = net.training
-        net.eval()
-        try:
-            parts = [self._generate_batch(prompts[i : i + batch_size], seeds[i : i + batch_size])
-                     for i in range(0, len(prompts), batch_size)]
-        finally:
-            net.train(was_training)
-        return torch.cat(parts) if parts else torch.zeros(0, 3, self.sample_cfg.resolution, self.sample_cfg.resolution)
-
-    def _generate_batch(self, prompts: list[str], seeds: Sequence[int]) -> Tensor:
+    def _generate_batch(self, groups: list[Group], seeds: Sequence[int]) -> Tensor:
         cfg = self.sample_cfg
+        prompts = [g.prompt for g in groups]
         kwargs: dict[str, Any] = {
             "prompt": prompts,
             "height": cfg.resolution,
