@@ -73,10 +73,31 @@ class ModelConfig(_Strict):
         return value
 
 
+PairSplit = Literal["train", "val", "test"]
+"""The splits an editing pair may be in (``slas.editing.checks.SPLITS``)."""
+DEFAULT_MIN_IMAGE_SIZE = 64  # px, shortest side of an editing pair's photo (``slas.editing.checks``)
+
+
 class DataConfig(_Strict):
-    prompts: str = Field(min_length=1, description="a .txt (one per line), .jsonl or .csv prompt file")
+    """Exactly one of ``prompts`` (text-to-image) and ``pairs`` (product-in-hand editing, ``slas.editing.data``)."""
+
+    prompts: str | None = Field(None, min_length=1, description="a .txt (one per line), .jsonl or .csv prompt file")
+    pairs: str | None = Field(
+        None, min_length=1, description="editing pairs: a .jsonl/.csv of {id, person, product, ...} or a folder "
+                                        "(persons/, products/, optional pairs.jsonl or pairs.csv)"
+    )
     field: str | None = None
     shuffle: bool = True
+    split: PairSplit | None = Field("train", description="pairs: train on the rows of this split (None: every row)")
+    min_image_size: int = Field(DEFAULT_MIN_IMAGE_SIZE, ge=1, description="pairs: shortest photo side accepted, px")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        """A run trains on prompts or on editing pairs, never both or neither."""
+        if (self.prompts is None) == (self.pairs is None):
+            given = "both" if self.prompts is not None else "neither"
+            raise ValueError(f"give exactly one of data.prompts (text-to-image) or data.pairs (editing), not {given}")
+        return self
 
 
 class SampleConfig(_Strict):

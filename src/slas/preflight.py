@@ -134,6 +134,26 @@ def _check_prompts(path: str, field: str | None) -> None:
         raise PreflightError(f"data.prompts: {one_line(exc)}") from None
 
 
+def _check_pairs(path: str, min_size: int, split: str | None) -> None:
+    """The editing pairs are usable whole (every row's fields and photos; ``slas.editing.data``), and the
+    split trained on has pairs: one line per problem, each naming the file and row."""
+    from slas.editing.data import load_pairs
+
+    try:
+        load_pairs(path, split=split, min_size=min_size)
+    except SlasError as exc:
+        raise PreflightError.listing(f"data.pairs: {line}" for line in str(exc).splitlines() if line.strip()) from None
+
+
+def _check_data(config: SLASConfig) -> None:
+    """The data of the run: the prompt file (text-to-image) or the editing pairs."""
+    data = config.data
+    if data.pairs is not None:
+        _check_pairs(data.pairs, data.min_image_size, data.split)
+    else:
+        _check_prompts(data.prompts, data.field)
+
+
 def _check_device(device: str) -> None:
     """``model.device`` is a device this machine has (a CUDA index within its GPUs, MPS where there is one)."""
     try:
@@ -367,9 +387,10 @@ def _raise_if_any(problems: list[str]) -> None:
 
 def preflight(config: SLASConfig) -> None:
     """Raise one :class:`PreflightError` listing everything the run needs that is missing or does not fit
-    (model, device, prompt file, every reward, the evaluation), one problem per line in that order."""
+    (model, device, data: the prompt file or every bad row of the editing pairs, every reward, the
+    evaluation), one problem per line in that order."""
     checks = [partial(_check_model, config), partial(_check_device, config.model.device),
-              partial(_check_prompts, config.data.prompts, config.data.field), *_reward_checks(config.reward),
+              partial(_check_data, config), *_reward_checks(config.reward),
               partial(_check_eval, config)]
     _raise_if_any(_problems(checks))
 

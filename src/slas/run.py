@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from slas.config import SLASConfig, flatten
 from slas.credentials import redact_url
+from slas.editing.data import EditingSource
 from slas.errors import SlasError, one_line
 from slas.platform.durable import DurableRecorder
 from slas.platform.rundir import hold_run_dir, release_run_dir
@@ -78,7 +79,7 @@ def build_trainer(
         preflight(config)
         if resume:
             check_resumable(config)
-    data = PromptSource.from_file(config.data.prompts, config.data.field, shuffle=config.data.shuffle, seed=config.run.seed)
+    data = _data_source(config)
     reward = build(config.reward)
     policy = load_policy(config.model, config.sample, keep_reference=config.train.kl_coef > 0)
     tracker = None
@@ -99,6 +100,15 @@ def build_trainer(
             _close_tracker(tracker, "FAILED")  # the caller never gets this trainer to close
             raise
     return trainer
+
+
+def _data_source(config: SLASConfig) -> Any:
+    """The run's groups: editing pairs (``data.pairs``, keyed by (person, product)) or prompts."""
+    data = config.data
+    if data.pairs is not None:
+        return EditingSource.from_path(data.pairs, split=data.split, min_size=data.min_image_size,
+                                       shuffle=data.shuffle, seed=config.run.seed)
+    return PromptSource.from_file(data.prompts, data.field, shuffle=data.shuffle, seed=config.run.seed)
 
 
 def _run_tracker(config: SLASConfig, run_id: str | None) -> Any:
