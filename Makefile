@@ -11,7 +11,11 @@ comma := ,
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_GPU),torch>=2.4$(comma)<2.15 torchvision>=0.19$(comma)<0.30,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: setup test lint demo clean
+# `make image`: the container image the Helm chart runs (helm/slas: image slas:<appVersion>), CUDA torch inside
+IMAGE ?= slas:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
+
+.PHONY: setup test lint demo clean image
 
 setup: $(STAMP)
 
@@ -32,6 +36,9 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+
+image:
+	$(DOCKER) build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
