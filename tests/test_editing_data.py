@@ -11,7 +11,15 @@ from PIL import Image
 
 from slas.config import ConfigError, config_from_dict
 from slas.editing.checks import DEFAULT_INSTRUCTION, PairsError
-from slas.editing.data import CONDITIONS, EditingSource, EditPair, check_pairs, load_pairs, split_by_product
+from slas.editing.data import (
+    CONDITIONS,
+    EditingSource,
+    EditPair,
+    check_pairs,
+    load_pairs,
+    pairs_jsonl,
+    split_by_product,
+)
 from slas.preflight import PreflightError, preflight
 from slas.rl.protocols import DataSource
 from slas.testing.cli import run_cli
@@ -213,6 +221,37 @@ def test_split_by_product_holds_out_whole_products_deterministically():
             split_by_product(pairs, bad)
     with pytest.raises(PairsError, match="at least 2"):
         split_by_product(_pairs(3, 1), 0.5)
+
+
+def test_pairs_jsonl_round_trips_from_another_folder(photos):
+    src = write_jsonl(photos / "pairs.jsonl", good_rows())
+    pairs = load_pairs(src)
+    out = photos / "elsewhere" / "copy.jsonl"
+    out.parent.mkdir()
+    out.write_text(pairs_jsonl(pairs, out.parent))
+    again = load_pairs(out)
+    assert json.loads(out.read_text().splitlines()[0]) == {
+        "id": "1", "person": "../persons/ann.png", "product": "../products/mug.png", "split": "train"}
+    assert [(p.person_path.resolve(), p.product_path.resolve(), p.instruction, p.description, p.split) for p in again] \
+        == [(p.person_path.resolve(), p.product_path.resolve(), p.instruction, p.description, p.split) for p in pairs]
+
+
+def test_data_split_cli_writes_pairs_with_whole_products_held_out(photos):
+    for name in ("bag", "hat", "cup", "box", "fan", "toy", "pot"):
+        png(photos / "products" / f"{name}.png")
+    out = photos / "pairs.jsonl"
+    result = run_cli("data", "split", photos, "--held-out", "0.2", "--seed", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{out}: train 16 pairs (8 products), test 4 pairs (2 products, never in train)"
+    written = load_pairs(photos)  # the folder now reads its pairs.jsonl
+    train = {p.product for p in written if p.split == "train"}
+    test = {p.product for p in written if p.split == "test"}
+    assert len(written) == 20 and len(test) == 2 and not train & test
+    again = photos / "again.jsonl"
+    assert run_cli("data", "split", photos, "--held-out", "0.2", "--seed", "1", "--out", again).exit_code == 0
+    assert {p.product for p in load_pairs(again, split="test")} == test  # the same seed holds out the same products
+    bad = run_cli("data", "split", photos / "nowhere", "--out", photos / "x.jsonl")
+    assert bad.exit_code == 2 and "pairs file or folder not found" in bad.output and not (photos / "x.jsonl").exists()
 
 
 def test_source_groups_are_keyed_by_the_pair_and_carry_rgb_images(photos):

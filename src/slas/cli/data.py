@@ -1,9 +1,10 @@
-"""``slas data check``: check an editing pairs file or folder alone, before any run or model."""
+"""``slas data check|split``: check editing pairs alone, before any run or model; hold out whole products."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -36,3 +37,29 @@ def check(
                    "trained on); slas.editing.data.split_by_product holds out whole products")
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command("split")
+def split(
+    path: Annotated[Path, typer.Argument(help="pairs .jsonl/.csv, or a folder with persons/ and products/")],
+    out: Annotated[Path, typer.Option("--out", help="the pairs .jsonl to write (paths relative to its folder)")],
+    held_out: Annotated[float, typer.Option("--held-out", metavar="FRACTION",
+                                            help="fraction of the PRODUCTS held out, with all their pairs")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="which products are held out (same seed, same split)")] = 0,
+    held_out_split: Annotated[Literal["test", "val"], typer.Option("--as", help="the split the held-out pairs get")] = "test",
+    min_size: Annotated[int, typer.Option("--min-size", min=1, metavar="N", help="shortest photo side accepted, px")]
+    = DEFAULT_MIN_IMAGE_SIZE,
+) -> None:
+    """Write a pairs .jsonl in which a seeded fraction of the products, with every pair of theirs, is held out
+    (split test or val) and the rest is train: held-out products are never trained on. The source is checked
+    whole first (as `slas data check`); the splits it had are replaced."""
+    from slas.editing.data import load_pairs, pairs_jsonl, split_by_product
+    from slas.platform.samplesets import write_atomic
+
+    if out.suffix.lower() != ".jsonl":
+        raise typer.BadParameter(f"{out}: write a .jsonl file", param_hint="--out")
+    train, held = split_by_product(load_pairs(path, min_size=min_size), held_out, seed)
+    pairs = [replace(p, split="train") for p in train] + [replace(p, split=held_out_split) for p in held]
+    write_atomic(out, pairs_jsonl(pairs, out.parent))
+    typer.echo(f"{out}: train {len(train)} pairs ({len({p.product for p in train})} products), {held_out_split} "
+               f"{len(held)} pairs ({len({p.product for p in held})} products, never in train)")

@@ -24,6 +24,8 @@ Two ways to give pairs (``data.pairs`` in a run config, ``slas data check PATH``
    person is paired with every product: id ``<person name>__<product name>`` (file names without their
    suffix), the default instruction, and the split of the product's folder. Hidden files and files of
    other types are ignored; a subfolder other than the splits is a problem (it would be silently skipped).
+   ``slas data split photos --held-out 0.1 --out photos/pairs.jsonl`` writes the explicit pairs with a
+   seeded tenth of the products held out (:func:`split_by_product`, :func:`pairs_jsonl`).
 
 Every problem is one line starting with where it is: ``<file>:<line>: <field>: ...`` for a row (the line
 number in the file; a CSV's header is line 1), the image file itself for a photo of a folder layout.
@@ -38,6 +40,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import posixpath
 import random
 import warnings
@@ -370,6 +373,24 @@ def split_by_product(
     count = min(max(round(held_out_fraction * len(products)), 1 if held_out_fraction > 0 else 0), len(products) - 1)
     held = set(products[:count])
     return [p for p in pairs if p.product not in held], [p for p in pairs if p.product in held]
+
+
+def pairs_jsonl(pairs: Sequence[EditPair], directory: str | Path) -> str:
+    """The JSONL text of ``pairs`` for a file in ``directory``: image paths relative to it (so the file can move
+    with its photos), the instruction only when it is not the default, the description when there is one."""
+    folder = Path(directory).resolve()
+    lines = []
+    for p in pairs:
+        row: dict[str, Any] = {"id": p.id,
+                               "person": Path(os.path.relpath(p.person_path.resolve(), folder)).as_posix(),
+                               "product": Path(os.path.relpath(p.product_path.resolve(), folder)).as_posix()}
+        if p.instruction != DEFAULT_INSTRUCTION:
+            row["instruction"] = p.instruction
+        if p.description is not None:
+            row["description"] = p.description
+        row["split"] = p.split
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return "".join(lines)
 
 
 class EditingSource:
