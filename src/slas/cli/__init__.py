@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from slas.cli import bench, data, demo, jobs, reward, sample, samples, train
+from slas.cli import bench, data, demo, jobs, reward, sample, samples, train, ui
 from slas.cli import eval as eval_cli  # `eval` would shadow the builtin
 from slas.cli.common import DEBUG_KEY, SetOpt, SlasTyper, fail, one_line_warnings
 from slas.paths import WHERE_THINGS_GO
@@ -33,6 +33,7 @@ app.add_typer(demo.app)
 app.add_typer(train.app)
 app.add_typer(sample.app)
 app.add_typer(samples.app, name="samples")
+app.add_typer(ui.app)
 app.add_typer(reward.app, name="reward")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(eval_cli.app, name="eval")

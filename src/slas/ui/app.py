@@ -1,0 +1,282 @@
+"""The Gradio Blocks review app: blind pair ratings (Compare) and what they add up to (Leaderboard).
+
+The page only wires components to :mod:`slas.ui.handlers` and :mod:`slas.ui.leaderboard`; every image it
+shows is read through :mod:`slas.ui.imagefiles` and handed to Gradio as pixels, so no request can name a
+file. Keys on the Compare tab (outside text boxes): 1 / A / Left arrow = left better, 2 / B / Right arrow
+= right better, 3 / T = tie, 4 / X = both bad, S = skip.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from slas.errors import SlasError
+from slas.platform.db import Store
+from slas.platform.samplesets import format_rows, get_set, rating_rows
+from slas.ui.handlers import (
+    TAGS,
+    PairView,
+    checkpoint_choices,
+    clean_rater,
+    next_pair,
+    rate,
+    reveal,
+    reward_rows,
+    set_choices,
+)
+from slas.ui.imagefiles import load_checked, set_roots
+from slas.ui.leaderboard import rater_agreement, reward_agreement, standings
+
+TITLE = "slas review"
+CHOICES = {"a": "A better (left) [1]", "b": "B better (right) [2]", "tie": "Tie [3]", "both_bad": "Both bad [4]"}
+BUTTON_IDS = {"a": "rate-a", "b": "rate-b", "tie": "rate-tie", "both_bad": "rate-bad"}
+KEYS_JS = """
+<script>
+(() => {
+  const keys = {"1": "rate-a", "a": "rate-a", "ArrowLeft": "rate-a", "2": "rate-b", "b": "rate-b",
+                "ArrowRight": "rate-b", "3": "rate-tie", "t": "rate-tie", "4": "rate-bad", "x": "rate-bad",
+                "s": "skip-pair"};
+  document.addEventListener("keydown", (e) => {
+    const t = e.target;
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
+    const id = keys[e.key.length === 1 ? e.key.toLowerCase() : e.key];
+    if (!id) return;
+    const el = document.getElementById(id);
+    const button = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
+    if (button && !button.disabled) { e.preventDefault(); button.click(); }
+  });
+})();
+</script>
+"""
+CSS = """
+#progress {font-size: 0.95em; opacity: 0.85}
+#prompt {font-size: 1.15em}
+"""
+EMPTY_STATE: dict[str, Any] = {}
+
+
+def _fail(exc: Exception) -> gr.Error:
+    """A slas error as the page shows it: the one line, no traceback."""
+    return gr.Error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _view_outputs(store: Store, view: PairView | None, state: dict[str, Any], last: str) -> list[Any]:
+    """Values for (state, progress, prompt, person, product, left, right, slider, rewards, last)."""
+    if view is None:
+        done = "All pairs of this comparison are rated by you." if state.get("set_id") else "Pick a set and two checkpoints."
+        return [dict(state, left=None, right=None), done, "", gr.update(value=None, visible=False),
+                gr.update(value=None, visible=False), None, None, None, [], last]
+    roots = set_roots(get_set(store, view.set_id))
+    left, right = load_checked(view.left.image_path, roots), load_checked(view.right.image_path, roots)
+    person = load_checked(view.left.person_image, roots) if view.left.person_image else None
+    product = load_checked(view.left.product_image, roots) if view.left.product_image else None
+    state = dict(state, left=view.left.id, right=view.right.id, left_label=view.left_label, right_label=view.right_label)
+    progress = f"Pair {view.position + 1} of {view.total} · {view.total - view.position - 1} left after this one"
+    prompt = f"**{'Instruction' if view.is_editing else 'Prompt'}:** {view.left.prompt}  ·  seed {view.left.seed}"
+    return [state, progress, prompt, gr.update(value=person, visible=person is not None),
+            gr.update(value=product, visible=product is not None), left, right, (left, right), reward_rows(view), last]
+
+
+def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
+    """The review app over ``store`` (not launched). ``login_required``: the rater name is the login."""
+
+    def who(rater: str, request: gr.Request | None) -> str:
+        """The rater a rating is stored under: the login when logins are on (a page cannot rate as someone
+        else), else the name typed in."""
+        user = getattr(request, "username", None) if request is not None else None
+        return user if login_required and user else rater
+
+    def start(rater: str, set_id: int | None, a: str | None, b: str | None, state: dict[str, Any],
+              request: gr.Request) -> list[Any]:
+        rater = who(rater, request)
+        if set_id is None or not a or not b:
+            raise gr.Error("pick a sample set and two checkpoints")
+        try:
+            state = {"set_id": int(set_id), "a": a, "b": b, "skipped": []}
+            return _view_outputs(store, next_pair(store, int(set_id), a, b, rater), state, "")
+        except SlasError as exc:
+            raise _fail(exc) from None
+
+    def rate_with(choice: str):
+        def handler(rater: str, comment: str, tags: list[str], state: dict[str, Any], request: gr.Request) -> list[Any]:
+            rater = who(rater, request)
+            if not state or state.get("left") is None:
+                raise gr.Error("no pair on screen: pick a set and two checkpoints, then Start")
+            try:
+                clean_rater(rater)
+                rate(store, state["set_id"], state["left"], state["right"], rater=rater, choice=choice,
+                     comment=comment, tags=tags)
+                last = reveal(state["left_label"], state["right_label"], choice)
+                view = next_pair(store, state["set_id"], state["a"], state["b"], rater,
+                                 skip=[tuple(p) for p in state.get("skipped", [])])
+                return [*_view_outputs(store, view, state, last), "", []]
+            except SlasError as exc:
+                raise _fail(exc) from None
+
+        return handler
+
+    def skip(rater: str, state: dict[str, Any], request: gr.Request) -> list[Any]:
+        rater = who(rater, request)
+        if not state or state.get("left") is None:
+            raise gr.Error("no pair on screen to skip")
+        try:
+            skipped = [*state.get("skipped", []), [state["left"], state["right"]]]
+            state = dict(state, skipped=skipped)
+            view = next_pair(store, state["set_id"], state["a"], state["b"], rater, skip=[tuple(p) for p in skipped])
+            return _view_outputs(store, view, state, "Skipped; it comes back when nothing else is left.")
+        except SlasError as exc:
+            raise _fail(exc) from None
+
+    def pick_set(set_id: int | None) -> tuple[Any, Any]:
+        if set_id is None:
+            return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
+        try:
+            labels = checkpoint_choices(store, int(set_id))
+        except SlasError as exc:
+            raise _fail(exc) from None
+        return (gr.update(choices=labels, value=labels[0] if labels else None),
+                gr.update(choices=labels, value=labels[1] if len(labels) > 1 else None))
+
+    def refresh_sets() -> tuple[Any, Any]:
+        choices = set_choices(store)
+        update = gr.update(choices=choices, value=choices[0][1] if choices else None)
+        return update, update
+
+    def signed_in(request: gr.Request) -> Any:
+        user = getattr(request, "username", None)
+        if login_required and user:
+            return gr.update(value=user, interactive=False)
+        return gr.update()
+
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"## {TITLE}: blind side-by-side review")
+        with gr.Tab("Compare"):
+            state = gr.State(EMPTY_STATE)
+            with gr.Row():
+                rater = gr.Textbox(label="Rater (required)", placeholder="your name", elem_id="rater", scale=1)
+                # custom values allowed: the choices change per session (new sets, the set's checkpoints) and
+                # the handlers check every value against the store themselves
+                set_dd = gr.Dropdown(label="Sample set", choices=set_choices(store), value=None, elem_id="set",
+                                     allow_custom_value=True, scale=2)
+                a_dd = gr.Dropdown(label="Checkpoint 1", choices=[], elem_id="ckpt-a", allow_custom_value=True, scale=2)
+                b_dd = gr.Dropdown(label="Checkpoint 2", choices=[], elem_id="ckpt-b", allow_custom_value=True, scale=2)
+                start_btn = gr.Button("Start", variant="primary", elem_id="start", scale=0)
+            progress = gr.Markdown(elem_id="progress")
+            prompt = gr.Markdown(elem_id="prompt")
+            with gr.Row(equal_height=True):
+                person = gr.Image(label="Person", type="pil", format="png", visible=False, interactive=False)
+                product = gr.Image(label="Product", type="pil", format="png", visible=False, interactive=False)
+                left = gr.Image(label="A (left)", type="pil", format="png", interactive=False, elem_id="image-a")
+                right = gr.Image(label="B (right)", type="pil", format="png", interactive=False, elem_id="image-b")
+            with gr.Accordion("Slider (drag to compare A and B)", open=False):
+                slider = gr.ImageSlider(label="A | B", type="pil", format="png", interactive=False)
+            with gr.Row():
+                buttons = {c: gr.Button(text, elem_id=BUTTON_IDS[c], variant="primary" if c in "ab" else "secondary")
+                           for c, text in CHOICES.items()}
+                skip_btn = gr.Button("Skip [S]", elem_id="skip-pair", variant="secondary")
+            with gr.Row():
+                tags = gr.CheckboxGroup(list(TAGS), label="Tags (optional)", elem_id="tags", scale=3)
+                comment = gr.Textbox(label="Comment (optional)", elem_id="comment", scale=2)
+            last = gr.Markdown(elem_id="last-rating")
+            rewards = gr.Dataframe(headers=["reward component", "A (left)", "B (right)"], label="Rewards",
+                                   interactive=False, elem_id="rewards")
+            gr.Markdown("Keys (outside text boxes): 1/A/← left better · 2/B/→ right better · 3/T tie · 4/X both bad · "
+                        "S skip. Checkpoint names are shown after each rating.")
+        with gr.Tab("Leaderboard"):
+            lb_set = gr.Dropdown(label="Sample set", choices=set_choices(store), value=None, elem_id="lb-set",
+                                 allow_custom_value=True)
+            lb_refresh = gr.Button("Refresh", elem_id="lb-refresh")
+            lb_table = gr.Dataframe(label="Checkpoints (best Bradley–Terry score first)", interactive=False,
+                                    elem_id="lb-table")
+            lb_rewards = gr.Dataframe(label="Reward components vs people", interactive=False, elem_id="lb-rewards")
+            lb_raters = gr.Markdown(elem_id="lb-raters")
+            with gr.Row():
+                lb_fmt = gr.Radio(["jsonl", "csv"], value="jsonl", label="Export format")
+                lb_export = gr.Button("Export ratings", elem_id="lb-export")
+                lb_file = gr.File(label="Ratings file", interactive=False)
+
+        view_outputs = [state, progress, prompt, person, product, left, right, slider, rewards, last]
+        demo.load(refresh_sets, outputs=[set_dd, lb_set], api_name=False)
+        demo.load(signed_in, outputs=[rater], api_name=False)
+        set_dd.change(pick_set, inputs=[set_dd], outputs=[a_dd, b_dd], api_name=False)
+        start_btn.click(start, inputs=[rater, set_dd, a_dd, b_dd, state], outputs=view_outputs, api_name="start")
+        for choice, btn in buttons.items():
+            btn.click(rate_with(choice), inputs=[rater, comment, tags, state], outputs=[*view_outputs, comment, tags],
+                      api_name=f"rate_{choice}")
+        skip_btn.click(skip, inputs=[rater, state], outputs=view_outputs, api_name="skip")
+        lb_refresh.click(lambda s: leaderboard_tables(store, s), inputs=[lb_set],
+                         outputs=[lb_table, lb_rewards, lb_raters], api_name="leaderboard")
+        lb_set.change(lambda s: leaderboard_tables(store, s), inputs=[lb_set],
+                      outputs=[lb_table, lb_rewards, lb_raters], api_name=False)
+        lb_export.click(lambda s, f: export_ratings(store, s, f), inputs=[lb_set, lb_fmt], outputs=[lb_file],
+                        api_name="export_ratings")
+    return demo
+
+
+def leaderboard_tables(store: Store, set_id: int | None) -> tuple[list[list[Any]], list[list[Any]], str]:
+    """(standings rows, reward-agreement rows, rater-agreement text) of one set."""
+    if set_id is None:
+        return [], [], "Pick a sample set."
+    try:
+        sset = get_set(store, int(set_id))
+    except SlasError as exc:
+        raise _fail(exc) from None
+    samples = {s.id: s for s in store.list_samples(sset.id)}
+    ratings = store.list_ratings(sample_set_id=sset.id)
+    labels = checkpoint_choices(store, sset.id)
+    rows = [[s.checkpoint, s.comparisons, s.wins, s.losses, s.ties, s.both_bad, _pct(s.win_rate),
+             f"{_pct(s.win_rate_ci[0])} – {_pct(s.win_rate_ci[1])}", round(s.bt, 3),
+             f"{s.bt_ci[0]:+.2f} – {s.bt_ci[1]:+.2f}"] for s in standings(ratings, samples, labels)]
+    header = ["checkpoint", "rated", "wins", "losses", "ties", "both bad", "win rate", "95% CI",
+              "Bradley–Terry", "95% CI"]
+    agree = [[name, _pct(share), n] for name, (share, n) in reward_agreement(ratings, samples).items()]
+    raters = rater_agreement(ratings)
+    who = sorted({r.rater for r in ratings})
+    text = (f"{len(ratings)} ratings by {len(who)} rater(s). Pairs rated by two or more people: {raters['pairs']}"
+            + (f"; they agree in {_pct(float(raters['agreement']))} of {raters['comparisons']} comparisons."
+               if raters["comparisons"] else "."))
+    return (_frame(header, rows), _frame(["reward component", "agrees with people", "decisive pairs"], agree), text)
+
+
+def _frame(header: list[str], rows: list[list[Any]]) -> Any:
+    """A table value Gradio's Dataframe shows with ``header`` as its column names."""
+    return gr.update(value={"headers": header, "data": rows})
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f}%"
+
+
+def export_ratings(store: Store, set_id: int | None, fmt: str) -> str:
+    """Write the set's pair ratings (JSONL or CSV, for reward-model training) to a fresh temp file."""
+    if set_id is None:
+        raise gr.Error("pick a sample set to export")
+    try:
+        sset = get_set(store, int(set_id))
+        samples = {s.id: s for s in store.list_samples(sset.id)}
+        folder = Path(tempfile.mkdtemp(prefix="slas-ratings-"))
+        rows = rating_rows(store.list_ratings(sample_set_id=sset.id), samples, folder)
+        path = folder / f"ratings_set{sset.id}.{fmt}"
+        path.write_text(format_rows(rows, fmt), encoding="utf-8")
+    except SlasError as exc:
+        raise _fail(exc) from None
+    return str(path)
+
+
+def launch(store: Store, *, host: str = "127.0.0.1", port: int = 7860, logins: list[tuple[str, str]] | None = None,
+           block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Serve the app (the caller has checked the bind address against the logins: :mod:`slas.ui.auth`)."""
+    demo = build_app(store, login_required=bool(logins))
+    demo.queue(default_concurrency_limit=8)
+    demo.launch(server_name=host, server_port=port, auth=logins or None, prevent_thread_lock=not block,
+                quiet=quiet, show_error=True, footer_links=["api"], css=CSS, head=KEYS_JS,
+                theme=gr.themes.Soft())
+    return demo
+
+
+__all__ = ["build_app", "export_ratings", "launch", "leaderboard_tables"]
