@@ -221,8 +221,9 @@ def test_override_with_invalid_yaml_value_fails():
         ("rl.powr=3", "config error: rl.powr: unknown key"),
         ("model.lora.rnk=3", "config error: model.lora.rnk: unknown key"),
         ("reward.components=[{name: clip, wieght: 1}]", "config error: reward.components.0.wieght: unknown key"),
-        ("sample.eta=0", "config error: sample.eta: Input should be greater than 0"),
-        ("sample.eta=-1", "config error: sample.eta: Input should be greater than 0"),
+        ("sample.eta=0", "config error: sample.eta=0 samples a deterministic chain without log-probs; "
+                         "train.objective=grpo needs sample.eta > 0"),
+        ("sample.eta=-1", "config error: sample.eta: Input should be greater than or equal to 0"),
         ("train.timestep_fraction=1.5", "config error: train.timestep_fraction: Input should be less than or equal to 1"),
         ("model.family=sdxl", "config error: model.family: Input should be 'sd' or 'flux'"),
         ("sample.group_size=many", "config error: sample.group_size: Input should be a valid integer"),

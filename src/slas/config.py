@@ -103,7 +103,7 @@ class DataConfig(_Strict):
 class SampleConfig(_Strict):
     resolution: int = Field(512, gt=0)
     num_steps: int = Field(50, ge=2)
-    eta: float = Field(1.0, gt=0)
+    eta: float = Field(1.0, ge=0, description="SDE noise scale; 0 = the deterministic ODE/DDIM chain (train.objective=nft only)")
     guidance_scale: float = Field(5.0, ge=0)
     shift: float | None = Field(None, gt=0, description="FLUX: static sigma shift; None keeps the scheduler's")
     sde_kind: Literal["dance", "flow"] = "dance"
@@ -194,7 +194,26 @@ class EMASettings(_Strict):
     decay: float = Field(0.995, gt=0, lt=1)
 
 
+class NFTSettings(_Strict):
+    """DiffusionNFT (``slas.editing.nft``), read when ``train.objective`` is ``nft``. The defaults are Edit-R1's
+    (PKU-YuanGroup/Edit-R1 config/qwen_image_edit_nft.py and config/base.py; see docs/objectives.md)."""
+
+    beta: float = Field(1.0, gt=0, description="mix of current and old velocity: v+ = beta v + (1 - beta) v_old "
+                                               "(Edit-R1: config.beta = 1.0)")
+    kl_coef: float = Field(1e-4, ge=0, description="weight of mean (v - v_ref)^2 (Edit-R1: config.train.beta = 1e-4)")
+    adv_clip_max: float = Field(5.0, gt=0, description="A_max of r = clamp(A / A_max / 2 + 0.5, 0, 1) (Edit-R1: 5)")
+    timesteps: Literal["schedule", "uniform"] = Field(
+        "schedule", description="t per term: distinct steps of the rollout's own schedule (Edit-R1), or uniform "
+                                "between its smallest and largest sigma")
+    timesteps_per_sample: int | None = Field(
+        None, ge=1, description="loss terms per sample (None: sample.num_steps - 1; Edit-R1: int(6 * 0.99) = 5)")
+    x0_weighting: bool = Field(True, description="divide each sample's x0 error by its mean |x0 error| (Edit-R1)")
+
+
 class TrainConfig(_Strict):
+    objective: Literal["grpo", "nft"] = Field(
+        "grpo", description="grpo: PPO-clip on the SDE chain (slas.rl.objectives); nft: DiffusionNFT (train.nft)")
+    nft: NFTSettings = NFTSettings()
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -297,6 +316,24 @@ class EvalConfig(_Strict):
     clip_model: str | None = Field(None, description="mask2former: local dir of the CLIP model judging colours")
 
 
+def check_objective(sample: SampleConfig, rl: RLConfig, train: TrainConfig) -> None:
+    """What ``train.objective`` needs of the other sections (ValueError, one line naming the keys): GRPO's
+    importance ratio needs a stochastic chain (eta > 0); DiffusionNFT has its own KL and no step log-probs."""
+    if train.objective == "grpo":
+        if sample.eta == 0:
+            raise ValueError("sample.eta=0 samples a deterministic chain without log-probs; train.objective=grpo "
+                             "needs sample.eta > 0 (or set train.objective=nft)")
+        return
+    if rl.power == "auto":
+        raise ValueError("rl.power=auto bounds GRPO's step log-prob updates; it needs train.objective=grpo, not nft")
+    if train.kl_coef > 0:
+        raise ValueError(f"train.kl_coef={train.kl_coef:g} is GRPO's KL; with train.objective=nft set train.nft.kl_coef")
+    k = train.nft.timesteps_per_sample
+    if train.nft.timesteps == "schedule" and k is not None and k > sample.num_steps:
+        raise ValueError(f"train.nft.timesteps_per_sample={k} exceeds sample.num_steps={sample.num_steps} "
+                         "(timesteps=schedule draws distinct steps of the rollout's schedule)")
+
+
 class SLASConfig(_Strict):
     run: RunConfig = RunConfig()
     model: ModelConfig
@@ -310,6 +347,14 @@ class SLASConfig(_Strict):
     @model_validator(mode="after")
     def _run_dir_inside_its_root(self) -> SLASConfig:
         run_dir_of(self.run)
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> SLASConfig:
+        check_objective(self.sample, self.rl, self.train)
+        if self.train.objective == "nft" and self.model.family == "sd":
+            raise ValueError("train.objective=nft needs a flow-matching model; model.family=sd is a DDPM "
+                             "(use train.objective=grpo)")
         return self
 
     @property
@@ -340,6 +385,11 @@ class TrainerConfig(_Strict):
     train: TrainConfig = TrainConfig()
     lr: float = Field(gt=0)
     run_dir: Path
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> TrainerConfig:
+        check_objective(self.sample, self.rl, self.train)
+        return self
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):

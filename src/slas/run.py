@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
-from slas.config import SLASConfig, flatten
+from slas.config import SLASConfig, TrainConfig, flatten
 from slas.credentials import redact_url
 from slas.editing.data import EditingSource
+from slas.editing.nft import DiffusionNFTObjective
 from slas.errors import SlasError, one_line
 from slas.platform.durable import DurableRecorder
 from slas.platform.rundir import hold_run_dir, release_run_dir
@@ -37,7 +38,7 @@ from slas.rewards import build
 from slas.rl import distributed
 from slas.rl.callbacks import IterationLog, RewardJudgeCorrelation
 from slas.rl.checkpoint import latest_checkpoint, list_checkpoints, remove_orphans
-from slas.rl.protocols import Callback
+from slas.rl.protocols import Callback, Objective
 from slas.rl.trainer import Trainer
 from slas.t2i.prompts import PromptSource
 
@@ -61,6 +62,23 @@ def check_resumable(config: SLASConfig) -> None:
         raise NothingToResume(f"no complete checkpoint under {ckpts}: nothing to resume (train without --resume to start)")
 
 
+def build_objective(train: TrainConfig) -> Objective | None:
+    """The objective ``train.objective`` names: ``None`` for grpo (the trainer builds ``GRPOObjective`` from the
+    same section), :class:`~slas.editing.nft.DiffusionNFTObjective` from ``train.nft`` for nft. Either takes
+    the advantages of any ``rl`` preset."""
+    if train.objective == "grpo":
+        return None
+    nft = train.nft
+    return DiffusionNFTObjective(beta=nft.beta, kl_coef=nft.kl_coef, adv_clip_max=nft.adv_clip_max,
+                                 timesteps=nft.timesteps, timesteps_per_sample=nft.timesteps_per_sample,
+                                 x0_weighting=nft.x0_weighting, batch_size=train.batch_size)
+
+
+def needs_reference(train: TrainConfig) -> bool:
+    """Whether the objective's KL needs the frozen reference model kept beside the trained one."""
+    return (train.nft.kl_coef if train.objective == "nft" else train.kl_coef) > 0
+
+
 def build_trainer(
     config: SLASConfig, *, resume: bool = False, mlflow_run_id: str | None = None, callbacks: Sequence[Callback] = (),
     checked: bool = False,
@@ -81,7 +99,7 @@ def build_trainer(
             check_resumable(config)
     data = _data_source(config)
     reward = build(config.reward)
-    policy = load_policy(config.model, config.sample, keep_reference=config.train.kl_coef > 0)
+    policy = load_policy(config.model, config.sample, keep_reference=needs_reference(config.train))
     tracker = None
     if rank == 0:  # one writer per run
         run_dir = config.run_dir
@@ -91,8 +109,8 @@ def build_trainer(
             _move_previous_run(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         tracker = _run_tracker(config, mlflow_run_id if resume else None)
-    trainer = Trainer(config.trainer_config(), policy, reward, data, tracker=tracker, callbacks=callbacks,
-                      checkpoint_metadata={"config": config.model_dump(mode="json")})
+    trainer = Trainer(config.trainer_config(), policy, reward, data, objective=build_objective(config.train),
+                      tracker=tracker, callbacks=callbacks, checkpoint_metadata={"config": config.model_dump(mode="json")})
     if resume:
         try:
             trainer.load_checkpoint()

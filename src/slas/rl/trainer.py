@@ -116,6 +116,9 @@ class Trainer:
         self.reward = reward
         self.data = data
         t = config.train
+        if objective is None and t.objective != "grpo":
+            raise SlasError(f"train.objective={t.objective}: pass the objective to the Trainer "
+                            "(slas.run.build_objective builds it); only grpo is the default")
         self.objective = objective or GRPOObjective(
             clip_range=t.clip_range, kl_coef=t.kl_coef, timestep_fraction=t.timestep_fraction,
             timestep_selection=t.timestep_selection,

@@ -18,13 +18,20 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor | float) -> Tensor:
-    """log N(x; mean, std^2) averaged over all but the batch dimension, in float32."""
+    """log N(x; mean, std^2) averaged over all but the batch dimension, in float32.
+
+    Where ``std`` is 0 (a deterministic step: eta = 0, as DiffusionNFT's ODE rollouts) there is no density;
+    the log-prob recorded there is 0, never a division by zero (nothing uses it: the objectives that
+    train on such chains score the forward process instead)."""
     x = x.detach().float()
     mean = mean.float()
     std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)
     if std.ndim == 1:
         std = _per_sample(std, mean)
-    lp = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    zero = std == 0
+    safe = torch.where(zero, torch.ones_like(std), std)
+    lp = -((x - mean) ** 2) / (2 * safe**2) - torch.log(safe) - _LOG_SQRT_2PI
+    lp = torch.where(zero, torch.zeros_like(lp), lp)
     return lp.mean(dim=tuple(range(1, lp.ndim)))
 
 
@@ -39,10 +46,15 @@ def _per_sample(v: Tensor | float, like: Tensor) -> Tensor:
 def sample_or_score(
     mean: Tensor, std: Tensor, prev_sample: Tensor | None, generator, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
-    """Draw x_next ~ N(mean, std^2) in ``dtype`` unless given, and score it against the float32 mean."""
+    """Draw x_next ~ N(mean, std^2) in ``dtype`` unless given, and score it against the float32 mean.
+
+    A step whose std is 0 everywhere (eta = 0) is the deterministic mean, with no noise drawn."""
     if prev_sample is None:
-        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
-        prev_sample = (mean + std * noise).to(dtype)
+        if not bool(torch.as_tensor(std).ne(0).any()):
+            prev_sample = mean.to(dtype)
+        else:
+            noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+            prev_sample = (mean + std * noise).to(dtype)
     return prev_sample, gaussian_log_prob(prev_sample, mean, std)
 
 
