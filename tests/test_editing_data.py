@@ -121,6 +121,12 @@ def test_every_bad_row_kind_is_one_line_naming_file_and_line_all_at_once(photos)
     assert err.value.problems == result.problems
 
 
+def test_an_unusable_path_is_a_problem_not_a_crash(photos):
+    src = write_jsonl(photos / "pairs.jsonl", [{"id": "1", "person": "a\x00b.png", "product": "products/mug.png"}])
+    assert check_pairs(src).problems == [f"{src}:1: person: {str(photos / 'a')!r}"[:-1] + "\\x00b.png': not a usable "
+                                         "path (embedded null byte)"]
+
+
 def test_min_size_is_configurable(photos):
     src = write_jsonl(photos / "pairs.jsonl", good_rows()[:1])  # 80x72 photos
     assert check_pairs(src, min_size=72).ok

@@ -53,7 +53,9 @@ class LoraSettings(_Strict):
 
 
 class ModelConfig(_Strict):
-    family: Literal["sd", "flux"]
+    family: Literal["sd", "flux", "qwen_image_edit", "flux_kontext"] = Field(
+        description="sd, flux (text-to-image); qwen_image_edit (Qwen-Image-Edit-2509, QwenImageEditPlusPipeline), "
+                    "flux_kontext (FLUX.1 Kontext) for editing pairs")
     path: str = Field(min_length=1, description="local diffusers directory or a cached hub id")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -112,6 +114,15 @@ class SampleConfig(_Strict):
     groups_per_call: int = Field(1, ge=1)
     shared_noise: bool = True
     negative_prompt: str = ""
+    true_cfg_scale: float = Field(
+        1.0, ge=1, description="edit policies: true classifier-free guidance with negative_prompt when > 1 "
+                               "(Qwen-Image-Edit's pipeline default is 4)")
+    condition_size: int | None = Field(
+        None, gt=0, description="edit policies: each input photo is fitted into a square of this side (px; aspect "
+                                "kept, white margins) before the VAE encodes it (None: sample.resolution)")
+    vl_condition_size: int = Field(
+        384, gt=0, description="Qwen-Image-Edit: side (px) of the square each photo is fitted into for its Qwen2.5-VL "
+                               "encoder (the pipeline resizes to an area of 384^2)")
     max_sequence_length: int = Field(512, gt=0)
 
 

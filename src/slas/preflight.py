@@ -168,7 +168,7 @@ def _check_device(device: str) -> None:
 # ------------------------------------------------------------------------------- the model dir itself
 
 # latent channels of each family's VAE when the model dir's vae/config.json does not say
-_LATENT_CHANNELS = {"sd": 4, "flux": 16}
+_LATENT_CHANNELS = {"sd": 4, "flux": 16, "flux_kontext": 16, "qwen_image_edit": 16}
 _LORA_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "MultiheadAttention", "Conv1D")
 
 
@@ -280,7 +280,9 @@ def _latent_geometry(model_dir: Path, family: str) -> tuple[int, int]:
     config = _read_json(path, "model.path") if path.is_file() else {}
     blocks = config.get("block_out_channels")
     scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
-    channels = config.get("latent_channels")
+    if isinstance(config.get("temperal_downsample"), list):  # Qwen-Image's VAE: one 2x step per entry
+        scale = 2 ** len(config["temperal_downsample"])
+    channels = config.get("latent_channels", config.get("z_dim"))
     return scale, channels if isinstance(channels, int) and channels > 0 else _LATENT_CHANNELS[family]
 
 

@@ -98,7 +98,10 @@ class ImageChecker:
 
     def problem(self, path: Path) -> str | None:
         """Why ``path`` cannot be used (missing, unreadable, truncated, too large, too small), or ``None``."""
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte in the name, a symlink loop
+            return f"{str(path)!r:.200}: not a usable path ({one_line(exc)})"
         if key not in self._seen:
             self._seen[key] = self._check(path)
         return self._seen[key]
@@ -108,8 +111,8 @@ class ImageChecker:
             image = load_image(path)  # refuses missing, empty, non-image, truncated and oversized files
         except SlasError as exc:
             return one_line(exc)
-        except OSError as exc:  # unreadable (permissions) or vanished between the checks
-            return f"{path}: cannot be read ({one_line(exc)})"
+        except (OSError, ValueError) as exc:  # unreadable (permissions, name too long) or vanished meanwhile
+            return f"{str(path)!r:.200}: cannot be read ({one_line(exc)})"
         height, width = image.shape[-2:]
         if min(height, width) < self.min_size:
             return (f"{path}: {width}x{height} px is smaller than {self.min_size} px on its shortest side; use a larger "
