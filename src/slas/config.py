@@ -243,6 +243,14 @@ class RewardComponent(_Strict):
     name: str = Field(min_length=1)
     weight: float | dict[str, float] = 1.0
     options: dict[str, Any] = {}
+    backend: Literal["local", "remote"] = Field(
+        "local", description="local: built here from the registry; remote: scored by `slas reward serve` at url "
+                             "(the served spec holds the options; see slas.rewards.remote)")
+    url: str | None = Field(None, description="remote: the server's base URL, http://host:port")
+    token_env: str = Field("SLAS_REWARD_TOKEN", min_length=1, description="remote: env var holding the bearer token")
+    token_file: str | None = Field(None, description="remote: file holding the bearer token (instead of token_env)")
+    timeout: float = Field(120.0, gt=0, description="remote: seconds to wait for one scoring request")
+    retries: int = Field(1, ge=0, description="remote: extra tries of a failed request before the batch scores NaN")
 
     @field_validator("options")
     @classmethod
@@ -252,6 +260,18 @@ class RewardComponent(_Strict):
         if key is not None:
             raise ValueError(f"options.{key} is not a finite number; give a finite value")
         return value
+
+    @model_validator(mode="after")
+    def _remote_fields(self) -> RewardComponent:
+        """A remote component names its server and nothing the server holds; a local one has no server."""
+        if self.backend == "remote":
+            if not self.url:
+                raise ValueError(f"reward {self.name}: backend remote needs url (http://host:port of `slas reward serve`)")
+            if self.options:
+                raise ValueError(f"reward {self.name}: a remote component takes no options (set them in the served spec)")
+        elif self.url is not None or self.token_file is not None:
+            raise ValueError(f"reward {self.name}: url/token_file are for backend: remote")
+        return self
 
 
 class RewardConfig(_Strict):

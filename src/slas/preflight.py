@@ -378,8 +378,16 @@ def _check_reward(i: int, name: str, options: dict) -> None:
     registry.preflight(name, options)
 
 
+def _check_remote_reward(i: int, component: Any) -> None:
+    """A ``backend: remote`` component: its URL and token (errors) and its server (warns when not up yet)."""
+    from slas.rewards.remote import preflight_remote
+
+    preflight_remote(i, component)
+
+
 def _reward_checks(reward: RewardConfig) -> list[Callable[[], None]]:
-    return [partial(_check_reward, i, c.name, c.options) for i, c in enumerate(reward.components)]
+    return [partial(_check_remote_reward, i, c) if c.backend == "remote" else partial(_check_reward, i, c.name, c.options)
+            for i, c in enumerate(reward.components)]
 
 
 def _raise_if_any(problems: list[str]) -> None:

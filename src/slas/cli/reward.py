@@ -1,8 +1,9 @@
-"""``slas reward score``: score images with a reward spec before training with it."""
+"""``slas reward score`` (score images with a reward spec before training with it) and ``slas reward serve``."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ import typer
 
 from slas.cli.common import SlasTyper, fail
 
-app = SlasTyper(help="Reward models: score images before training with them.")
+app = SlasTyper(help="Reward models: score images before training with them; serve them over HTTP.")
 
 
 def _condition_folders(items: list[str]) -> dict[str, str]:
@@ -75,3 +76,50 @@ def score(
             _print_summary(group, f"[{label}] ")
     if out is not None:
         out.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@app.command("serve")
+def serve(
+    spec: Annotated[str, typer.Argument(help="YAML/JSON file: a reward section (components, normalize) or a run config "
+                                             "whose reward: section is served; or inline name[:weight],...")],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port to listen on (0: any free port)")],
+    host: Annotated[str, typer.Option("--host", help="address to bind; anything but loopback needs a token")] = "127.0.0.1",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="B",
+                                            help="images per reward call (waiting requests are merged up to it)")] = 16,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, metavar="Q",
+                                           help="requests that may wait; more are answered 503")] = 16,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, metavar="S",
+                                           help="seconds a request may wait and be scored; then 504")] = 300.0,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="file holding the bearer token "
+                                                                         "(default: $SLAS_REWARD_TOKEN)")] = None,
+) -> None:
+    """Serve a reward spec over HTTP for `backend: remote` components (POST /score, GET /health).
+
+    Every component of the spec and its weighted total come back per image. Requests are batched, the
+    queue is bounded (503 when full), each request times out (504). A token is required unless --host is
+    loopback; clients send it as `Authorization: Bearer <token>`. See slas.rewards.serve.
+    """
+    from slas.preflight import preflight_reward
+    from slas.rewards import build
+    from slas.rewards.remote import read_token
+    from slas.rewards.score import parse_reward_spec
+    from slas.rewards.serve import RewardServer, check_bind
+
+    token = read_token(token_file=token_file)
+    check_bind(host, token)  # before any model loads
+    config = parse_reward_spec(spec)
+    preflight_reward(config)
+    reward = build(config)
+    try:
+        server = RewardServer(reward, [c.name for c in config.components], host=host, port=port,
+                              batch_size=batch_size, max_queue=max_queue, timeout=timeout, token=token)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    typer.echo(f"slas reward serve: listening on {server.url} (components: "
+               f"{', '.join(server.components)}; batch {batch_size}, queue {max_queue}, timeout {timeout:g} s, "
+               f"token {'required' if token else 'off (loopback)'})")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("slas reward serve: stopped", err=True)

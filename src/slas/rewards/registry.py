@@ -109,7 +109,9 @@ def build(spec) -> CompositeReward:
     """Build a composite from a ``RewardConfig`` (or a dict with ``components`` and ``normalize``).
 
     Each component is ``{name, weight, options}``; ``weight`` is a float for every output of the
-    reward, or a ``{output: weight}`` mapping for rewards with several outputs.
+    reward, or a ``{output: weight}`` mapping for rewards with several outputs. A component with
+    ``backend: remote`` is scored by the ``slas reward serve`` server at its ``url``
+    (:class:`slas.rewards.remote.RemoteReward`; its name need not be registered here).
     """
     if hasattr(spec, "model_dump"):
         spec = spec.model_dump()
@@ -118,10 +120,18 @@ def build(spec) -> CompositeReward:
     components = []
     for item in items:
         name = item["name"]
+        weight = item.get("weight", 1.0)
+        weight = dict(weight) if isinstance(weight, Mapping) else float(weight)
+        if item.get("backend", "local") == "remote":
+            from slas.rewards.remote import RemoteReward
+
+            remote = RemoteReward(name, item["url"], token_env=item.get("token_env") or "SLAS_REWARD_TOKEN",
+                                  token_file=item.get("token_file"), timeout=item.get("timeout", 120.0),
+                                  retries=item.get("retries", 1))
+            components.append((name, weight, remote))
+            continue
         if name not in _REGISTRY:
             raise KeyError(f"unknown reward {name!r}; available: {available()}")
         options = dict(item.get("options") or {})
-        weight = item.get("weight", 1.0)
-        weight = dict(weight) if isinstance(weight, Mapping) else float(weight)
         components.append((name, weight, _REGISTRY[name].factory(**options)))
     return CompositeReward(components, normalize=normalize)

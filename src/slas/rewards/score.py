@@ -36,9 +36,9 @@ class ScoreError(SlasError, ValueError):
 
 
 def parse_reward_spec(spec: str) -> RewardConfig:
-    """A YAML file (a run config with ``reward:`` or a bare reward section) or inline ``name[:weight],...``."""
+    """A YAML or JSON file (a run config with ``reward:`` or a bare reward section) or inline ``name[:weight],...``."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix in (".yaml", ".yml", ".json"):
         if not path.is_file():
             raise ScoreError(f"reward spec file not found: {path}")
         data = load_yaml(path.read_text()) or {}

@@ -1,0 +1,319 @@
+"""Remote rewards: a reward component scored by a ``slas reward serve`` server (``backend: remote``).
+
+A 7B-72B judge does not share the policy's GPUs in practice; it runs behind ``slas reward serve SPEC``
+(:mod:`slas.rewards.serve`) on its own machine, and the training run's reward spec names it::
+
+    reward:
+      components:
+        - name: mllm_judge            # a component of the served SPEC
+          backend: remote
+          url: http://judge-host:8700
+          weight: {presence: 1.0, similarity: 1.0, interaction: 0.5}
+          timeout: 120                # seconds per request
+          retries: 1                  # extra tries of a failed request
+          token_env: SLAS_REWARD_TOKEN   # or token_file: /secrets/reward-token
+        - name: person_preservation   # local components mix freely with remote ones
+          weight: 0.5
+
+A remote component behaves exactly as the same component built locally: it returns the served
+component's outputs under the same keys (its options live in the served spec, so ``options`` must be
+empty here), and the local composite applies this config's ``weight`` (the server's weights and
+``total`` are ignored). Scores equal local scoring of the same images as 8-bit PNGs (images travel
+as PNG, see :func:`encode_request`).
+
+Failures never stop a run: a server that is down, refuses, answers an error or does not answer
+within ``timeout`` (after ``retries`` more tries) makes the component score NaN for every image of
+that batch, so the composite's ``total`` is NaN, the advantages mask those samples and the trainer
+counts them in ``reward/nonfinite``; one warning line says why. The next call (the next iteration)
+tries the server again.
+
+Preflight (:func:`preflight_remote`) checks that the URL is well formed and the token file is
+readable (errors); it then asks the server's ``/health`` with a short timeout: a server that is not
+up yet only warns (it may start after the run), a server that is up but does not serve the
+component, or refuses the token, is an error.
+
+Wire format (``POST {url}/score``, JSON; ``Authorization: Bearer <token>`` when a token is set)::
+
+    {"prompts": [str] * N, "images": [base64 PNG] * N,
+     "conditions": {"person_images": [base64 PNG] * N, "group_ids": [int] * N, ...}}
+
+Conditions whose name ends in ``_images`` are image batches (a tensor ``[N, 3, H, W]`` in [0, 1] or
+lists of PIL images, tensors or paths; sent as PNG, decoded by the server to lists of RGB PIL
+images); ``group_ids`` arrives as a long tensor; any other condition must be JSON (tensors are sent as
+lists). The answer is ``{"scores": {label: [float | null] * N, "total": [...]}, "components": [...]}``
+(``null`` for a non-finite score; labels as :class:`~slas.rewards.registry.CompositeReward` names them).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import torch
+from torch import Tensor
+
+from slas.errors import SlasError, one_line
+from slas.preflight import PreflightError
+from slas.rewards.options import load_image_batch
+
+__all__ = [
+    "DEFAULT_TOKEN_ENV",
+    "RemoteReward",
+    "RemoteRewardError",
+    "RemoteRewardWarning",
+    "check_url",
+    "decode_image",
+    "encode_image",
+    "encode_request",
+    "health",
+    "preflight_remote",
+    "read_token",
+]
+
+DEFAULT_TOKEN_ENV = "SLAS_REWARD_TOKEN"
+HEALTH_TIMEOUT = 3.0  # seconds: preflight must not hang on a server that is not there
+IMAGE_SUFFIX = "_images"
+
+
+class RemoteRewardError(SlasError, ValueError):
+    """A remote reward's settings or a server's answer that cannot be used; one line naming it."""
+
+
+class RemoteRewardWarning(UserWarning):
+    """A remote reward batch scored NaN (the server was down, refused, failed or timed out)."""
+
+
+# ----------------------------------------------------------------------------------------- wire format
+
+
+def encode_image(image: Any) -> str:
+    """One image (PIL, ``[3, H, W]`` tensor in [0, 1] or uint8) as base64 PNG text (8-bit, :mod:`slas.images` rounding)."""
+    from slas.images import to_pil
+
+    buf = io.BytesIO()
+    to_pil(image).convert("RGB").save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(text: Any, where: str):
+    """Base64 PNG (or any format PIL reads) text as an RGB PIL image; :class:`RemoteRewardError` naming ``where``."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(text, str):
+        raise RemoteRewardError(f"{where}: expected base64 image text, got {type(text).__name__}")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+        image.load()
+        return image.convert("RGB")
+    except (ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise RemoteRewardError(f"{where}: not a base64 image ({one_line(exc)})") from None
+
+
+def _encode_images(value: Any, n: int, name: str) -> list[str]:
+    """An image batch condition (tensor, or list of PIL/tensors/paths) as ``n`` base64 PNGs."""
+    from PIL import Image
+
+    if isinstance(value, (list, tuple)) and all(isinstance(v, Image.Image) for v in value):
+        if len(value) != n:
+            raise ValueError(f"{name}: {len(value)} images for {n} generated images")
+        return [encode_image(v) for v in value]
+    return [encode_image(t) for t in load_image_batch(value, n, name=name)]
+
+
+def _jsonable(value: Any, name: str) -> Any:
+    """A non-image condition as JSON (tensors as lists); ValueError naming it when it cannot be sent."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, name) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, name) for k, v in value.items()}
+    raise ValueError(f"condition {name!r}: a {type(value).__name__} cannot be sent to a remote reward (JSON only)")
+
+
+def encode_request(images: Tensor, prompts: list[str], conditions: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body of ``POST /score`` (see the module docstring)."""
+    n = images.shape[0]
+    if len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} images")
+    cond = {
+        name: _encode_images(value, n, name) if name.endswith(IMAGE_SUFFIX) else _jsonable(value, name)
+        for name, value in conditions.items()
+    }
+    return {"prompts": list(prompts), "images": [encode_image(im) for im in images], "conditions": cond}
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def check_url(url: Any, where: str = "url") -> str:
+    """``url`` without a trailing slash when it is ``http(s)://host[:port][/prefix]``; RemoteRewardError otherwise."""
+    if not isinstance(url, str) or not url:
+        raise RemoteRewardError(f"{where}: expected http://host:port, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise RemoteRewardError(f"{where}: {url!r} is not a URL ({one_line(exc)})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RemoteRewardError(f"{where}: {url!r} is not an http(s)://host:port URL")
+    if parts.query or parts.fragment:
+        raise RemoteRewardError(f"{where}: {url!r} has a query or fragment; give the server's base URL")
+    return url.rstrip("/")
+
+
+def read_token(token_env: str = DEFAULT_TOKEN_ENV, token_file: str | os.PathLike | None = None) -> str | None:
+    """The bearer token: the first line of ``token_file`` when given, else ``$token_env`` (None when unset)."""
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise RemoteRewardError(f"token_file {path}: cannot be read ({one_line(exc)})") from None
+        if not token:
+            raise RemoteRewardError(f"token_file {path}: is empty")
+        return token
+    return os.environ.get(token_env) or None
+
+
+def _request(url: str, *, body: dict | None, token: str | None, timeout: float) -> dict[str, Any]:
+    """One HTTP exchange; the answer's JSON object. Raises RemoteRewardError (status and server message) or OSError."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            payload = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise RemoteRewardError(f"HTTP {exc.code}: {_server_message(exc)}") from None
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        raise RemoteRewardError("the server's answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise RemoteRewardError("the server's answer is not a JSON object")
+    return answer
+
+
+def _server_message(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` text of a server's error answer (its reason phrase when there is none)."""
+    try:
+        return str(json.loads(exc.read()).get("error") or exc.reason)
+    except (ValueError, AttributeError, OSError):
+        return str(exc.reason)
+
+
+def health(url: str, *, token: str | None = None, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
+    """``GET {url}/health``: the server's status, served components, queue and whether ``token`` is accepted."""
+    return _request(f"{check_url(url)}/health", body=None, token=token, timeout=timeout)
+
+
+def preflight_remote(index: int, component: Any) -> None:
+    """Preflight of remote component ``index``: URL and token file are errors; a server not up yet only warns."""
+    where = f"reward.components.{index}"
+    try:
+        url = check_url(component.url, f"{where}.url")
+        token = read_token(component.token_env, component.token_file)
+    except RemoteRewardError as exc:
+        raise PreflightError(str(exc) if str(exc).startswith(where) else f"{where}.{exc}") from None
+    try:
+        status = health(url, token=token)
+    except (OSError, RemoteRewardError) as exc:
+        warnings.warn(f"{where}: the reward server at {url} does not answer now ({_reason(exc)}); its component "
+                      f"{component.name!r} scores NaN until it does", RemoteRewardWarning, stacklevel=2)
+        return
+    served = status.get("components") or []
+    if component.name not in served:
+        raise PreflightError(f"{where}.name: the server at {url} serves {served}, not {component.name!r}")
+    if not status.get("auth", True):
+        raise PreflightError(f"{where}: the server at {url} refuses the token (set ${component.token_env} or "
+                             "token_file to the server's token)")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, in a few words (``timed out``, ``connection refused``, ``HTTP 503: ...``)."""
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return one_line(exc)
+
+
+# ------------------------------------------------------------------------------------------- client
+
+
+class RemoteReward:
+    """Scores the served component ``name`` through a ``slas reward serve`` server; NaN on any failure.
+
+    ``timeout`` bounds each try (connect and each read), ``retries`` adds tries after a failed one (0.5 s,
+    1 s, ... apart). The output keys are the served component's; before the first answer, a failed batch
+    returns ``{name: NaN}``.
+    """
+
+    def __init__(self, name: str, url: str, *, token_env: str = DEFAULT_TOKEN_ENV, token_file: str | None = None,
+                 timeout: float = 120.0, retries: int = 1) -> None:
+        self.name = name
+        self.url = check_url(url, f"reward {name} url")
+        self.token = read_token(token_env, token_file)
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.keys: list[str] = [name]  # the served component's output keys, learnt from the last answer
+        self.failures = 0  # batches that scored NaN (for logs and tests)
+        self.calls = 0
+
+    def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
+        self.calls += 1
+        body = encode_request(images, prompts, conditions)  # a bad condition is the caller's bug: it raises
+        n = images.shape[0]
+        error: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(0.5 * 2 ** (attempt - 1))
+            try:
+                answer = _request(f"{self.url}/score", body=body, token=self.token, timeout=self.timeout)
+                return self._parts(answer, n)
+            except (OSError, RemoteRewardError) as exc:  # URLError, timeouts, resets are OSErrors
+                error = exc
+        self.failures += 1
+        warnings.warn(f"remote reward {self.name} at {self.url}: batch {self.calls} ({n} images) scored NaN after "
+                      f"{self.retries + 1} tr{'y' if self.retries == 0 else 'ies'}: {_reason(error)}",
+                      RemoteRewardWarning, stacklevel=2)
+        return {key: torch.full((n,), math.nan) for key in self.keys}
+
+    def _parts(self, answer: Mapping[str, Any], n: int) -> dict[str, Tensor]:
+        """This component's outputs from the server's labelled scores (``name`` or ``name/key``)."""
+        scores = answer.get("scores")
+        if not isinstance(scores, Mapping):
+            raise RemoteRewardError("the server's answer has no scores")
+        prefix = f"{self.name}/"
+        parts = {self.name: scores[self.name]} if self.name in scores else {
+            label[len(prefix):]: values for label, values in scores.items() if label.startswith(prefix)}
+        if not parts:
+            raise RemoteRewardError(f"the server serves {answer.get('components')}, not {self.name!r}")
+        out = {}
+        for key, values in parts.items():
+            if not isinstance(values, list) or len(values) != n:
+                raise RemoteRewardError(f"the server returned a bad score list for {key!r} ({n} images sent)")
+            out[key] = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+        self.keys = list(out)
+        return out
