@@ -30,6 +30,22 @@ def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_kontext_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory holding ``build_tiny_kontext_pipeline(seed=0)`` (a FluxKontextPipeline) saved with ``save_pretrained``."""
+    from slas.testing.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline("flux_kontext", tmp_path_factory.mktemp("tiny_kontext"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_edit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory holding ``build_tiny_qwen_edit_pipeline(seed=0)`` (a QwenImageEditPlusPipeline), saved."""
+    from slas.testing.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline("qwen_image_edit", tmp_path_factory.mktemp("tiny_qwen_edit"))
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny transformers CLIP saved once per session (the `clip` reward's transformers backend)."""
     from slas.testing.tiny_clip import save_tiny_hf_clip

@@ -225,7 +225,7 @@ def test_override_with_invalid_yaml_value_fails():
                          "train.objective=grpo needs sample.eta > 0"),
         ("sample.eta=-1", "config error: sample.eta: Input should be greater than or equal to 0"),
         ("train.timestep_fraction=1.5", "config error: train.timestep_fraction: Input should be less than or equal to 1"),
-        ("model.family=sdxl", "config error: model.family: Input should be 'sd' or 'flux'"),
+        ("model.family=sdxl", "config error: model.family: Input should be 'sd', 'flux', 'qwen_image_edit' or 'flux_kontext'"),
         ("sample.group_size=many", "config error: sample.group_size: Input should be a valid integer"),
         ("rl.std_scope=global", "config error: rl.std_scope: Input should be"),
         ("reward.components=[]", "config error: reward.components: List should have at least 1 item"),

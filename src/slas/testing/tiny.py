@@ -250,12 +250,16 @@ _BUILDERS = {"sd": build_tiny_sd_pipeline, "flux": build_tiny_flux_pipeline}
 
 
 def save_tiny_pipeline(kind: str, path: str | Path, *, seed: int = 0) -> Path:
-    """Build the tiny ``"sd"`` or ``"flux"`` pipeline and ``save_pretrained`` it to ``path``; return the path."""
+    """Build the tiny ``"sd"``, ``"flux"``, ``"flux_kontext"`` or ``"qwen_image_edit"`` pipeline (the
+    ``model.family`` names) and ``save_pretrained`` it to ``path``; return the path."""
+    from slas.testing.tiny_edit import EDIT_BUILDERS
+
+    builders = {**_BUILDERS, **EDIT_BUILDERS}
     try:
-        builder = _BUILDERS[kind]
+        builder = builders[kind]
     except KeyError:
         raise ValueError(
-            f"unknown tiny pipeline kind {kind!r}; expected one of {sorted(_BUILDERS)}"
+            f"unknown tiny pipeline kind {kind!r}; expected one of {sorted(builders)}"
         ) from None
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
