@@ -99,7 +99,10 @@ def test_remote_scoring_equals_local_scoring(served, monkeypatch, tmp_path):
     token_file.write_text(TOKEN + "\n")
     remote_cfg = reward_config(_remote_spec(served, token_file=str(token_file)), "test")
     preflight_reward(remote_cfg)  # the server is up and serves both names: no error, no warning
-    remote = build(remote_cfg)(images, ["hold it"] * 4, group_ids=group_ids, person_images=pil_persons)
+    composite = build(remote_cfg)
+    remote = composite(images, ["hold it"] * 4, group_ids=group_ids, person_images=pil_persons)
+    session = composite.components[0][2].session
+    assert composite.components[1][2].session is session and session.batches == 1  # one request for both
     assert set(remote) == set(local) == {"vividness", "person_preservation", "total"}
     for key in local:
         assert torch.allclose(remote[key], local[key], atol=1e-6), (key, remote[key], local[key])
@@ -136,9 +139,10 @@ def test_a_non_loopback_server_refuses_missing_and_wrong_tokens(served, monkeypa
     monkeypatch.setenv("SLAS_REWARD_TOKEN", "wrong")
     with pytest.raises(PreflightError, match="refuses the token"):
         preflight_reward(reward_config(_remote_spec(served), "test"))
-    with pytest.warns(RemoteRewardWarning, match="HTTP 401"):
+    with pytest.warns(RemoteRewardWarning, match="HTTP 401") as caught:
         out = build(_remote_spec(served, retries=0))(_batch(1), ["a"], person_images=_batch(1))
-    assert torch.isnan(out["total"]).all()
+    assert torch.isnan(out["total"]).all() and torch.isnan(out["vividness"]).all()
+    assert len(caught) == 1  # one line for the batch, not one per component
 
 
 def test_refuses_to_start_on_a_non_loopback_address_without_a_token(tmp_path, monkeypatch):
@@ -231,15 +235,15 @@ def test_a_request_past_its_timeout_is_answered_504_and_scores_nan():
         status, answer = _post(server.url, encode_request(_batch(1), ["a"], {}))
         assert status == 504 and "not scored within 0.3 s" in answer["error"]
         assert time.monotonic() - started < 5
-        reward = RemoteReward("brightness", server.url, retries=0)
-        with pytest.warns(RemoteRewardWarning, match="batch 1 .* scored NaN after 1 try: HTTP 504"):
+        reward = RemoteReward.connect("brightness", server.url, retries=0)
+        with pytest.warns(RemoteRewardWarning, match=r"batch 1 \(2 images\) scored NaN after 1 try: HTTP 504"):
             out = reward(_batch(2), ["a", "b"])
-        assert torch.isnan(out["brightness"]).all() and reward.failures == 1
+        assert torch.isnan(out["brightness"]).all() and reward.session.failures == 1
         gate.release.set()
         _wait_for(lambda: server.status()["scoring"] == 0)
         # a client timeout shorter than the scoring: the same NaN, the reason "timed out"
         gate.release.clear()
-        slow_client = RemoteReward("brightness", server.url, timeout=0.2, retries=0)
+        slow_client = RemoteReward.connect("brightness", server.url, timeout=0.2, retries=0)
         with pytest.warns(RemoteRewardWarning, match="timed out"):
             assert torch.isnan(slow_client(_batch(1), ["a"])["brightness"]).all()
     finally:

@@ -111,24 +111,23 @@ def build(spec) -> CompositeReward:
     Each component is ``{name, weight, options}``; ``weight`` is a float for every output of the
     reward, or a ``{output: weight}`` mapping for rewards with several outputs. A component with
     ``backend: remote`` is scored by the ``slas reward serve`` server at its ``url``
-    (:class:`slas.rewards.remote.RemoteReward`; its name need not be registered here).
+    (:class:`slas.rewards.remote.RemoteReward`; its name need not be registered here); the remote
+    components on one server share one request per batch.
     """
     if hasattr(spec, "model_dump"):
         spec = spec.model_dump()
     items = spec["components"] if isinstance(spec, Mapping) else spec
     normalize = spec.get("normalize", "none") if isinstance(spec, Mapping) else "none"
     components = []
+    sessions: dict = {}  # remote components on one server share one request per batch
     for item in items:
         name = item["name"]
         weight = item.get("weight", 1.0)
         weight = dict(weight) if isinstance(weight, Mapping) else float(weight)
         if item.get("backend", "local") == "remote":
-            from slas.rewards.remote import RemoteReward
+            from slas.rewards.remote import build_remote
 
-            remote = RemoteReward(name, item["url"], token_env=item.get("token_env") or "SLAS_REWARD_TOKEN",
-                                  token_file=item.get("token_file"), timeout=item.get("timeout", 120.0),
-                                  retries=item.get("retries", 1))
-            components.append((name, weight, remote))
+            components.append((name, weight, build_remote(name, item, sessions)))
             continue
         if name not in _REGISTRY:
             raise KeyError(f"unknown reward {name!r}; available: {available()}")

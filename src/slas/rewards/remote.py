@@ -25,7 +25,9 @@ Failures never stop a run: a server that is down, refuses, answers an error or d
 within ``timeout`` (after ``retries`` more tries) makes the component score NaN for every image of
 that batch, so the composite's ``total`` is NaN, the advantages mask those samples and the trainer
 counts them in ``reward/nonfinite``; one warning line says why. The next call (the next iteration)
-tries the server again.
+tries the server again. The remote components of one spec on the same server (same url, token, timeout
+and retries) share a :class:`RemoteSession`: ONE request per batch scores all of them (the server
+scores its whole spec anyway), and a dead server costs one timeout and one warning per batch.
 
 Preflight (:func:`preflight_remote`) checks that the URL is well formed and the token file is
 readable (errors); it then asks the server's ``/health`` with a short timeout: a server that is not
@@ -72,6 +74,8 @@ __all__ = [
     "RemoteReward",
     "RemoteRewardError",
     "RemoteRewardWarning",
+    "RemoteSession",
+    "build_remote",
     "check_url",
     "decode_image",
     "encode_image",
@@ -262,42 +266,86 @@ def _reason(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------------------- client
 
 
-class RemoteReward:
-    """Scores the served component ``name`` through a ``slas reward serve`` server; NaN on any failure.
+class RemoteSession:
+    """One server as the remote components of one composite see it: ONE request per batch for all of them.
 
-    ``timeout`` bounds each try (connect and each read), ``retries`` adds tries after a failed one (0.5 s,
-    1 s, ... apart). The output keys are the served component's; before the first answer, a failed batch
-    returns ``{name: NaN}``.
+    The composite calls its components one after another with the same ``images``, ``prompts`` and
+    conditions; the first remote component's call sends the request and the others on the same server
+    reuse its answer (or its failure: a dead server costs one timeout per batch, and one warning line,
+    however many of its components the spec names). The last batch is recognised by identity (the
+    session holds references to it, so no other batch can take its place).
     """
 
-    def __init__(self, name: str, url: str, *, token_env: str = DEFAULT_TOKEN_ENV, token_file: str | None = None,
-                 timeout: float = 120.0, retries: int = 1) -> None:
-        self.name = name
-        self.url = check_url(url, f"reward {name} url")
-        self.token = read_token(token_env, token_file)
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 1) -> None:
+        self.url = check_url(url)
+        self.token = token
         self.timeout = float(timeout)
         self.retries = int(retries)
-        self.keys: list[str] = [name]  # the served component's output keys, learnt from the last answer
-        self.failures = 0  # batches that scored NaN (for logs and tests)
-        self.calls = 0
+        self.batches = 0  # batches sent
+        self.failures = 0  # batches that scored NaN
+        self._last: tuple[tuple[Tensor, list[str], dict[str, Any]], dict[str, Any] | None] | None = None
 
-    def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
-        self.calls += 1
+    def answer(self, images: Tensor, prompts: list[str], conditions: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The server's answer for this batch (cached for the batch), or None after a failure (warned once)."""
+        batch = (images, prompts, dict(conditions))
+        if self._last is not None and _same_batch(self._last[0], batch):
+            return self._last[1]
+        self.batches += 1
         body = encode_request(images, prompts, conditions)  # a bad condition is the caller's bug: it raises
-        n = images.shape[0]
         error: BaseException | None = None
+        answer = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(0.5 * 2 ** (attempt - 1))
             try:
                 answer = _request(f"{self.url}/score", body=body, token=self.token, timeout=self.timeout)
-                return self._parts(answer, n)
-            except (OSError, RemoteRewardError) as exc:  # URLError, timeouts, resets are OSErrors
+                break
+            except (OSError, RemoteRewardError) as exc:  # URLError, timeouts and resets are OSErrors
                 error = exc
-        self.failures += 1
-        warnings.warn(f"remote reward {self.name} at {self.url}: batch {self.calls} ({n} images) scored NaN after "
-                      f"{self.retries + 1} tr{'y' if self.retries == 0 else 'ies'}: {_reason(error)}",
-                      RemoteRewardWarning, stacklevel=2)
+        if answer is None:
+            self.failures += 1
+            warnings.warn(f"remote reward server {self.url}: batch {self.batches} ({images.shape[0]} images) scored NaN "
+                          f"after {self.retries + 1} tr{'y' if self.retries == 0 else 'ies'}: {_reason(error)}",
+                          RemoteRewardWarning, stacklevel=3)
+        self._last = (batch, answer)
+        return answer
+
+
+def _same_batch(a: tuple[Tensor, list[str], dict[str, Any]], b: tuple[Tensor, list[str], dict[str, Any]]) -> bool:
+    """Whether two calls carry the very same objects (how a composite calls each of its components)."""
+    return (a[0] is b[0] and a[1] is b[1] and a[2].keys() == b[2].keys()
+            and all(a[2][k] is b[2][k] for k in a[2]))
+
+
+class RemoteReward:
+    """Scores the served component ``name`` through a :class:`RemoteSession`; NaN on any failure.
+
+    The output keys are the served component's (learnt from the last answer; before the first one, a
+    failed batch returns ``{name: NaN}``). An answer that lacks the component or has the wrong length
+    also scores NaN, with a warning.
+    """
+
+    def __init__(self, name: str, session: RemoteSession) -> None:
+        self.name = name
+        self.session = session
+        self.keys: list[str] = [name]
+
+    @classmethod
+    def connect(cls, name: str, url: str, *, token_env: str = DEFAULT_TOKEN_ENV, token_file: str | None = None,
+                timeout: float = 120.0, retries: int = 1) -> RemoteReward:
+        """A component with its own session (``slas.rewards.build`` shares one session per server instead)."""
+        session = RemoteSession(url, token=read_token(token_env, token_file), timeout=timeout, retries=retries)
+        return cls(name, session)
+
+    def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
+        n = images.shape[0]
+        answer = self.session.answer(images, prompts, conditions)
+        if answer is not None:
+            try:
+                return self._parts(answer, n)
+            except RemoteRewardError as exc:
+                warnings.warn(f"remote reward {self.name} at {self.session.url}: scored NaN: {exc}",
+                              RemoteRewardWarning, stacklevel=2)
         return {key: torch.full((n,), math.nan) for key in self.keys}
 
     def _parts(self, answer: Mapping[str, Any], n: int) -> dict[str, Tensor]:
@@ -317,3 +365,14 @@ class RemoteReward:
             out[key] = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
         self.keys = list(out)
         return out
+
+
+def build_remote(name: str, item: Mapping[str, Any], sessions: dict[tuple, RemoteSession]) -> RemoteReward:
+    """The remote component ``item`` of a reward spec, sharing ``sessions`` with the spec's other components
+    on the same server (same url, token, timeout and retries)."""
+    token = read_token(item.get("token_env") or DEFAULT_TOKEN_ENV, item.get("token_file"))
+    timeout, retries = float(item.get("timeout", 120.0)), int(item.get("retries", 1))
+    key = (check_url(item["url"], f"reward {name} url"), token, timeout, retries)
+    if key not in sessions:
+        sessions[key] = RemoteSession(key[0], token=token, timeout=timeout, retries=retries)
+    return RemoteReward(name, sessions[key])

@@ -23,7 +23,8 @@ and the request is dropped from the queue (or its result discarded when it is be
 ``Authorization: Bearer <token>`` (``401`` otherwise; compared in constant time). Binding anything but
 a loopback address without a token is refused at start (:func:`check_bind`). Bad requests are ``400``
 with a one-line ``{"error": ...}``; bodies over :data:`MAX_BODY_BYTES` are ``413``; a reward that
-raises answers ``500`` with its one-line error. TLS is a reverse proxy's job (the client speaks https).
+raises answers ``500`` with its one-line error. A connection that stalls for 120 s is dropped (no thread
+is held forever). TLS is a reverse proxy's job (the client speaks https).
 """
 
 from __future__ import annotations
@@ -314,6 +315,7 @@ def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "slas-reward"
+        timeout = 120  # seconds a connection may sit idle or stall mid-body before its thread gives it up
 
         def log_message(self, format: str, *args: Any) -> None:  # the stdlib names it format
             """Only failures are logged (one line each); a healthy server is quiet."""

@@ -5,6 +5,17 @@ reward is the cosine similarity of the CLIP image embeddings of each generated i
 reference (condition ``reference_images``: a tensor ``[N, 3, H, W]`` in [0, 1], or a list of ``N``
 PIL images, ``[3, H, W]`` tensors or image paths, which may differ in size). Either CLIP backend of
 :mod:`slas.rewards.encoders` (the ``clip`` reward's options and encoders); key ``"image_similarity"``.
+
+``options.condition`` names the condition to compare with. For product-in-hand editing the edit
+should show the product, so ``condition: product_images`` (the editing data's product photo per
+sample) scores each edit against its product::
+
+    - name: image_similarity
+      weight: 0.5
+      options: {model: openai/clip-vit-large-patch14, condition: product_images}
+
+(the whole edit is compared with the whole product photo; the person's preservation is the separate
+``person_preservation`` reward, :mod:`slas.rewards.preservation`).
 """
 
 from __future__ import annotations
