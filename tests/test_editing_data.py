@@ -356,3 +356,36 @@ def test_preflight_reports_model_every_bad_row_and_reward_together(photos, monke
         assert problems[1] == f"data.pairs: {src}:4: missing field 'product'; every row needs id, person, product"
         assert problems[2].startswith(f"data.pairs: {src}:5: product: ") and "image file not found" in problems[2]
         assert problems[3].startswith("reward image_similarity") or problems[3].startswith("reward.components.0")
+
+
+def test_slas_train_on_a_pairs_folder_keys_groups_by_pair_and_refuses_a_bad_photo(photos, tiny_kontext_dir, monkeypatch):
+    """The wiring end to end: data.pairs -> EditingSource -> a tiny Kontext policy -> 2 iterations, resumable."""
+    import yaml
+
+    from slas.platform.tracking import read_metrics
+
+    monkeypatch.setenv("SLAS_MLFLOW", "0")
+    out = photos.parent / "runs"
+    config = photos.parent / "edit.yaml"
+    config.write_text(yaml.safe_dump({
+        "run": {"name": "edit", "output_dir": str(out), "iterations": 2, "checkpoint_every": 2, "progress": False,
+                "register_model": False},
+        "model": {"family": "flux_kontext", "path": str(tiny_kontext_dir), "device": "cpu", "finetune": "lora",
+                  "lora": {"rank": 2, "alpha": 4, "target_modules": ["to_q", "to_v"]}},
+        "data": {"pairs": str(photos)},
+        "sample": {"resolution": 32, "num_steps": 3, "group_size": 2, "prompts_per_iter": 2, "eta": 0.7,
+                   "condition_size": 32, "max_sequence_length": 32, "guidance_scale": 1.0},
+        "train": {"batch_size": 2},
+        "reward": {"components": [{"name": "vividness"}]},
+    }))
+    result = run_cli("train", config)
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(out / "edit" / "metrics.jsonl")] == [1, 2]
+    state = json.loads((out / "edit" / "checkpoints" / "iter_000002" / "trainer_state.json").read_text())["data"]
+    source = EditingSource(check_pairs(photos).pairs, seed=0)
+    source.next(4)  # 2 iterations x 2 pairs
+    assert state == source.state_dict()
+    (photos / "products" / "cap.png").write_bytes(b"GIF89a broken")
+    bad = run_cli("train", config, "--set", "run.name=bad")
+    assert bad.exit_code == 2 and not (out / "bad" / "metrics.jsonl").exists()
+    assert f"error: data.pairs: {photos / 'products' / 'cap.png'}: " in bad.output
