@@ -63,7 +63,7 @@ def test_a_rating_lands_in_the_database(served):
     with pytest.raises(Exception, match="enter your name as rater"):
         other.predict("", "", [], api_name="/rate_a")
     table, _agree, summary = client.predict(set_id, api_name="/leaderboard")
-    assert {r[0] for r in table["value"]["data"]} == {A, B} and "2 ratings by 2 rater(s)" in summary
+    assert {r[0] for r in table["data"]} == {A, B} and "2 ratings by 2 rater(s)" in summary
     exported = client.predict(set_id, "jsonl", api_name="/export_ratings")
     with open(exported, encoding="utf-8") as fh:
         assert fh.read().count("\n") == 2

@@ -94,7 +94,7 @@ def test_editing_pairs_carry_person_and_product(store, tmp_path):
     assert view.is_editing and view.left.person_image.endswith(".png") and view.left.product_image.endswith(".png")
     assert view.left.person_image == view.right.person_image
     roots = set_roots(store.get_sample_set(sid))
-    assert load_checked(view.left.person_image, roots).size == (64, 64)
+    assert load_checked(view.left.person_image, roots).size == (96, 96)
     assert [r[0] for r in reward_rows(view)] == ["aesthetic", "clip"]
 
 

@@ -56,8 +56,11 @@ KEYS_JS = """
 CSS = """
 #progress {font-size: 0.95em; opacity: 0.85}
 #prompt {font-size: 1.15em}
+/* small renders (a 32 px shapes model, 64 px tests) fill the box with hard pixel edges, so artefacts show */
+.pair-image img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
 """
 EMPTY_STATE: dict[str, Any] = {}
+IMAGE_HEIGHT = 360  # px on the page; small renders are scaled up so artefacts show
 
 
 def _fail(exc: Exception) -> gr.Error:
@@ -132,20 +135,29 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
         except SlasError as exc:
             raise _fail(exc) from None
 
-    def pick_set(set_id: int | None) -> tuple[Any, Any]:
+    def pick_set(set_id: int | None, a: str | None, b: str | None) -> tuple[Any, Any]:
+        """The set's checkpoints as the two choices; picks already valid for the set are kept."""
         if set_id is None:
             return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
         try:
             labels = checkpoint_choices(store, int(set_id))
         except SlasError as exc:
             raise _fail(exc) from None
-        return (gr.update(choices=labels, value=labels[0] if labels else None),
-                gr.update(choices=labels, value=labels[1] if len(labels) > 1 else None))
+        a = a if a in labels else (labels[0] if labels else None)
+        b = b if b in labels and b != a else next((x for x in labels if x != a), None)
+        return gr.update(choices=labels, value=a), gr.update(choices=labels, value=b)
 
-    def refresh_sets() -> tuple[Any, Any]:
+    def open_page(request: gr.Request) -> tuple[Any, Any, Any]:
+        """Fresh set choices; ``?set=ID&a=LABEL&b=LABEL`` in the address preselects a comparison (a link to
+        send to the other raters)."""
         choices = set_choices(store)
-        update = gr.update(choices=choices, value=choices[0][1] if choices else None)
-        return update, update
+        query = dict(getattr(request, "query_params", None) or {})
+        ids = {sid for _, sid in choices}
+        wanted = int(query["set"]) if str(query.get("set", "")).isdigit() else None
+        set_id = wanted if wanted in ids else (choices[0][1] if choices else None)
+        update = gr.update(choices=choices, value=set_id)
+        a_up, b_up = pick_set(set_id, query.get("a"), query.get("b")) if set_id is not None else (gr.update(), gr.update())
+        return update, a_up, b_up
 
     def signed_in(request: gr.Request) -> Any:
         user = getattr(request, "username", None)
@@ -169,12 +181,16 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
             progress = gr.Markdown(elem_id="progress")
             prompt = gr.Markdown(elem_id="prompt")
             with gr.Row(equal_height=True):
-                person = gr.Image(label="Person", type="pil", format="png", visible=False, interactive=False)
-                product = gr.Image(label="Product", type="pil", format="png", visible=False, interactive=False)
-                left = gr.Image(label="A (left)", type="pil", format="png", interactive=False, elem_id="image-a")
-                right = gr.Image(label="B (right)", type="pil", format="png", interactive=False, elem_id="image-b")
+                person = gr.Image(label="Person", type="pil", format="png", height=IMAGE_HEIGHT, visible=False, interactive=False,
+                                   elem_classes="pair-image")
+                product = gr.Image(label="Product", type="pil", format="png", height=IMAGE_HEIGHT, visible=False, interactive=False,
+                                   elem_classes="pair-image")
+                left = gr.Image(label="A (left)", type="pil", format="png", height=IMAGE_HEIGHT, interactive=False, elem_id="image-a",
+                                elem_classes="pair-image")
+                right = gr.Image(label="B (right)", type="pil", format="png", height=IMAGE_HEIGHT, interactive=False, elem_id="image-b",
+                                 elem_classes="pair-image")
             with gr.Accordion("Slider (drag to compare A and B)", open=False):
-                slider = gr.ImageSlider(label="A | B", type="pil", format="png", interactive=False)
+                slider = gr.ImageSlider(label="A | B", type="pil", format="png", interactive=False, height=480)
             with gr.Row():
                 buttons = {c: gr.Button(text, elem_id=BUTTON_IDS[c], variant="primary" if c in "ab" else "secondary")
                            for c, text in CHOICES.items()}
@@ -187,7 +203,7 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                                    interactive=False, elem_id="rewards")
             gr.Markdown("Keys (outside text boxes): 1/A/← left better · 2/B/→ right better · 3/T tie · 4/X both bad · "
                         "S skip. Checkpoint names are shown after each rating.")
-        with gr.Tab("Leaderboard"):
+        with gr.Tab("Leaderboard") as lb_tab:
             lb_set = gr.Dropdown(label="Sample set", choices=set_choices(store), value=None, elem_id="lb-set",
                                  allow_custom_value=True)
             lb_refresh = gr.Button("Refresh", elem_id="lb-refresh")
@@ -201,9 +217,9 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                 lb_file = gr.File(label="Ratings file", interactive=False)
 
         view_outputs = [state, progress, prompt, person, product, left, right, slider, rewards, last]
-        demo.load(refresh_sets, outputs=[set_dd, lb_set], api_name=False)
+        demo.load(open_page, outputs=[set_dd, a_dd, b_dd], api_name=False)
         demo.load(signed_in, outputs=[rater], api_name=False)
-        set_dd.change(pick_set, inputs=[set_dd], outputs=[a_dd, b_dd], api_name=False)
+        set_dd.change(pick_set, inputs=[set_dd, a_dd, b_dd], outputs=[a_dd, b_dd], api_name=False)
         start_btn.click(start, inputs=[rater, set_dd, a_dd, b_dd, state], outputs=view_outputs, api_name="start")
         for choice, btn in buttons.items():
             btn.click(rate_with(choice), inputs=[rater, comment, tags, state], outputs=[*view_outputs, comment, tags],
@@ -211,6 +227,9 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
         skip_btn.click(skip, inputs=[rater, state], outputs=view_outputs, api_name="skip")
         lb_refresh.click(lambda s: leaderboard_tables(store, s), inputs=[lb_set],
                          outputs=[lb_table, lb_rewards, lb_raters], api_name="leaderboard")
+        # a tab's components render when it is first opened: it starts on the set picked on Compare
+        lb_tab.select(lambda s: (gr.update(choices=set_choices(store), value=s), *leaderboard_tables(store, s)),
+                      inputs=[set_dd], outputs=[lb_set, lb_table, lb_rewards, lb_raters], api_name=False)
         lb_set.change(lambda s: leaderboard_tables(store, s), inputs=[lb_set],
                       outputs=[lb_table, lb_rewards, lb_raters], api_name=False)
         lb_export.click(lambda s, f: export_ratings(store, s, f), inputs=[lb_set, lb_fmt], outputs=[lb_file],
@@ -244,8 +263,10 @@ def leaderboard_tables(store: Store, set_id: int | None) -> tuple[list[list[Any]
 
 
 def _frame(header: list[str], rows: list[list[Any]]) -> Any:
-    """A table value Gradio's Dataframe shows with ``header`` as its column names."""
-    return gr.update(value={"headers": header, "data": rows})
+    """A table Gradio's Dataframe shows with ``header`` as its column names."""
+    import pandas as pd  # Gradio's own dependency
+
+    return pd.DataFrame(rows, columns=header)
 
 
 def _pct(x: float) -> str:

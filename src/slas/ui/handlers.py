@@ -176,7 +176,7 @@ def reward_rows(view: PairView) -> list[list[object]]:
     names = sorted(set(view.left.rewards or {}) | set(view.right.rewards or {}))
 
     def fmt(v: object) -> str:
-        return f"{v:+.4f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+        return f"{v + 0.0:+.4f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"  # no -0.0000
 
     return [[n, fmt((view.left.rewards or {}).get(n)), fmt((view.right.rewards or {}).get(n))] for n in names]
 

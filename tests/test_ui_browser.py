@@ -1,0 +1,96 @@
+"""The review page in a real headless browser: Debian's chromium driven by Playwright (``executable_path``:
+Playwright cannot download its own browsers here; ``.ci/run`` installs the chromium package when absent).
+
+It opens a preselected comparison, rates a pair with the keyboard, checks the stored row, and saves
+screenshots of the compare view and the leaderboard under the test's output folder. With
+``SLAS_UI_SCREENSHOTS=DIR`` set it also writes them to DIR (how the README's images are made:
+``SLAS_UI_SCREENSHOTS=docs/images pytest tests/test_ui_browser.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slas.platform.db import open_store
+from slas.testing.postgres import free_port
+from slas.testing.review import make_review_set
+from slas.ui.app import launch
+from slas.ui.handlers import next_pair, rate
+
+A, B = "base", "slas/iter_40"
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+
+
+def _chromium() -> str:
+    found = next((p for p in CHROMIUM if Path(p).is_file()), None) or shutil.which("chromium")
+    if found is None:
+        pytest.fail("no chromium binary (apt-get install chromium; .ci/run installs it)", pytrace=False)
+    return found
+
+
+def _save(page, name: str, out: Path) -> Path:
+    path = out / name
+    page.screenshot(path=str(path), full_page=True)
+    extra = os.environ.get("SLAS_UI_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(extra) / name)
+    return path
+
+
+def test_rate_a_pair_with_the_keyboard_in_chromium(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    store = open_store(f"sqlite:///{tmp_path / 'slas.db'}")
+    set_id = make_review_set(store, tmp_path / "set", checkpoints=(A, B, "dancegrpo/iter_40"), editing=True,
+                             prompts=("hold the bottle in the right hand", "hold the mug with both hands"),
+                             seeds=(0, 1, 2), name="editing: base vs slas vs dancegrpo")
+    for rater, choices in (("bob", "bbab"), ("cy", "btba")):  # some earlier ratings for the leaderboard
+        for choice in choices:
+            for a, b in ((A, B), (B, "dancegrpo/iter_40")):
+                v = next_pair(store, set_id, a, b, rater)
+                rate(store, set_id, v.left.id, v.right.id, rater=rater, choice={"t": "tie"}.get(choice, choice))
+    before = len(store.list_ratings(sample_set_id=set_id))
+    port = free_port()
+    demo = launch(store, port=port, block=False, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(15_000)
+            page.goto(f"http://127.0.0.1:{port}/?set={set_id}&a={A}&b={B}")
+            expect(page.locator("#ckpt-b input")).to_have_value(B)  # the link preselected the comparison
+            page.locator("#rater input, #rater textarea").first.fill("ann")
+            page.locator("#start").click()
+            expect(page.locator("#progress")).to_contain_text("Pair 1 of 6")
+            expect(page.locator("#image-a img")).to_be_visible()
+            page.evaluate("document.activeElement && document.activeElement.blur()")  # keys act outside text boxes
+            page.get_by_label("extra hand").check()
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            page.keyboard.press("2")  # right better
+            expect(page.locator("#progress")).to_contain_text("Pair 2 of 6")
+            expect(page.locator("#last-rating")).to_contain_text("Stored: right better")
+            rows = store.list_ratings(sample_set_id=set_id, rater="ann")
+            assert len(rows) == 1 and len(store.list_ratings(sample_set_id=set_id)) == before + 1
+            assert (rows[0].choice, rows[0].tags) == ("b", ["extra hand"])
+            right = store.list_samples(set_id)
+            shown = {s.id: s.checkpoint_label for s in right}
+            expect(page.locator("#last-rating")).to_contain_text(f"right was {shown[rows[0].other_sample_id]}")
+            page.wait_for_timeout(300)  # let the images finish fading in
+            compare = _save(page, "review-compare.png", tmp_path)
+
+            page.get_by_role("tab", name="Leaderboard").click()
+            page.locator("#lb-refresh").click()
+            expect(page.locator("#lb-table")).to_contain_text(B)
+            expect(page.locator("#lb-raters")).to_contain_text("by 3 rater(s)")
+            page.wait_for_timeout(300)
+            board = _save(page, "review-leaderboard.png", tmp_path)
+            browser.close()
+    finally:
+        demo.close()
+        store.close()
+    assert compare.stat().st_size > 10_000 and board.stat().st_size > 10_000
