@@ -389,3 +389,16 @@ def test_slas_train_on_a_pairs_folder_keys_groups_by_pair_and_refuses_a_bad_phot
     bad = run_cli("train", config, "--set", "run.name=bad")
     assert bad.exit_code == 2 and not (out / "bad" / "metrics.jsonl").exists()
     assert f"error: data.pairs: {photos / 'products' / 'cap.png'}: " in bad.output
+
+
+def test_the_shipped_example_is_clean_as_file_and_as_folder(tmp_path):
+    import shutil
+
+    example = Path(__file__).resolve().parents[1] / "data" / "editing_example"
+    result = check_pairs(example)
+    assert result.ok and len(result.pairs) == 2 and result.summary()["products"] == 1
+    groups = EditingSource(result.pairs, shuffle=False).next(2)
+    assert groups[0].conditions["person_images"].size == (384, 384) and groups[0].prompt == DEFAULT_INSTRUCTION
+    folder = shutil.copytree(example, tmp_path / "example")
+    (folder / "pairs.jsonl").unlink()  # the folder layout alone gives the same pairs
+    assert {p.key for p in check_pairs(folder).pairs} == {p.key for p in result.pairs}
