@@ -15,6 +15,8 @@ from slas.editing.nft import (
     nft_policy_loss,
     nft_r,
     noised,
+    old_decay,
+    swapped_in,
     velocity_kl,
     x0_error,
     x0_from_velocity,
@@ -22,6 +24,7 @@ from slas.editing.nft import (
 from slas.errors import SlasError
 from slas.rewards import register
 from slas.rewards.registry import unregister
+from slas.rl.protocols import SamplingObjective
 from slas.rl.trainer import Trainer
 from slas.rl.trajectory import Rollout, Trajectory
 from slas.run import build_objective, build_trainer
@@ -149,6 +152,69 @@ def test_plan_refuses_a_policy_without_a_flow_schedule():
         DiffusionNFTObjective().plan(object(), rollout, torch.zeros(2), torch.Generator())
 
 
+def test_old_decay_schedule_is_edit_r1s():
+    type1 = {"flat": 0, "rate": 0.001, "cap": 0.5}
+    assert [old_decay(s, **type1) for s in (0, 1, 100, 499, 500, 10_000)] == pytest.approx(
+        [0.0, 0.001, 0.1, 0.499, 0.5, 0.5])
+    type2 = {"flat": 75, "rate": 0.0075, "cap": 0.999}
+    assert [old_decay(s, **type2) for s in (0, 74, 75, 100, 10_000)] == pytest.approx([0.0, 0.0, 0.0, 0.1875, 0.999])
+
+
+def test_swapped_in_restores_even_on_error():
+    p = torch.nn.Parameter(torch.ones(3))
+    with swapped_in([p], [torch.zeros(3)]):
+        assert p.sum().item() == 0.0
+    with pytest.raises(KeyError), swapped_in([p], [torch.full((3,), 7.0)]):
+        raise KeyError("boom")
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+class _OneParam:
+    """A policy stand-in with one trainable tensor (what the old-policy bookkeeping touches)."""
+
+    def __init__(self, value: float) -> None:
+        self.w = torch.nn.Parameter(torch.full((2,), value))
+
+    def trainable_parameters(self):
+        return [self.w]
+
+
+def test_old_policy_lags_samples_and_round_trips():
+    objective = DiffusionNFTObjective(old_decay_rate=0.01, old_decay_max=0.5)
+    assert isinstance(objective, SamplingObjective)
+    policy = _OneParam(1.0)
+    with objective.sampling(policy):  # the run's start: old = current
+        assert policy.w.tolist() == [1.0, 1.0]
+    with torch.no_grad():
+        policy.w.fill_(3.0)  # the iteration trained the weights
+    objective.after_iteration(policy, optimizer_steps=10)  # d = 0.1: old = 0.1 * 1 + 0.9 * 3 = 2.8
+    with objective.sampling(policy):
+        assert policy.w.tolist() == pytest.approx([2.8, 2.8])  # rollouts sample with the old weights
+    assert policy.w.tolist() == [3.0, 3.0]  # and training goes on from the trained ones
+    state = objective.state_dict()
+    assert state["steps"] == 10
+    again = DiffusionNFTObjective(old_decay_rate=0.01, old_decay_max=0.5)
+    again.load_state_dict(state)
+    with again.sampling(policy):
+        assert policy.w.tolist() == pytest.approx([2.8, 2.8])
+    objective.after_iteration(policy, optimizer_steps=90)  # d = min(1.0, 0.5) = 0.5: old = 0.5 * 2.8 + 0.5 * 3
+    with objective.sampling(policy):
+        assert policy.w.tolist() == pytest.approx([2.9, 2.9])
+
+
+def test_no_lag_keeps_no_copy():
+    objective = DiffusionNFTObjective(old_decay_rate=0.0)
+    policy = _OneParam(1.0)
+    with objective.sampling(policy):
+        pass
+    with torch.no_grad():
+        policy.w.fill_(3.0)
+    objective.after_iteration(policy, optimizer_steps=5)
+    with objective.sampling(policy):
+        assert policy.w.tolist() == [3.0, 3.0]  # the old policy is the current one
+    assert objective.state_dict() == {"steps": 5}
+
+
 # ------------------------------------------------------------------------------------------- eta 0 chains
 
 
@@ -217,6 +283,7 @@ def test_config_keys_and_defaults(tmp_path):
     nft = config_from_dict(_cfg(tmp_path, train={"objective": "nft"})).train.nft
     assert (nft.beta, nft.kl_coef, nft.adv_clip_max, nft.timesteps, nft.timesteps_per_sample, nft.x0_weighting) == (
         1.0, 1e-4, 5.0, "schedule", None, True)  # Edit-R1's numbers
+    assert (nft.old_decay_flat, nft.old_decay_rate, nft.old_decay_max) == (0, 0.001, 0.5)  # its decay_type 1
     assert config_from_dict(_cfg(tmp_path, train={}, sample={"eta": 1.0})).train.objective == "grpo"
     objective = build_objective(cfg.train)
     assert isinstance(objective, DiffusionNFTObjective) and objective.kl_coef == 0.01 and objective.batch_size == 2
@@ -231,6 +298,7 @@ def test_config_keys_and_defaults(tmp_path):
     ({"train": {"objective": "nft", "nft": {"timesteps_per_sample": 5}}}, "timesteps_per_sample=5"),
     ({"train": {"objective": "ppo"}}, "train.objective"),
     ({"sample": {"eta": -0.1}}, "sample.eta"),
+    ({"train": {"objective": "nft", "nft": {"old_decay_max": 1.0}}}, "train.nft.old_decay_max"),
 ])
 def test_config_errors_are_one_line(tmp_path, over, needle):
     data = _cfg(tmp_path)
@@ -271,7 +339,9 @@ def _weights(trainer):
 @pytest.mark.parametrize("preset", ["dancegrpo", "slas"])
 def test_two_iteration_nft_run_under_either_advantage_rule(preset, tiny_flux_dir, tmp_path, brightness):
     rl = {"preset": preset} if preset == "dancegrpo" else {"preset": "slas", "power": 2.0}
-    cfg = config_from_dict(_cfg(tmp_path, model={"family": "flux", "path": str(tiny_flux_dir)}, rl=rl))
+    nft = {"kl_coef": 0.01, "old_decay_rate": 0.0}  # no lag: the old policy is the current one at each rollout
+    cfg = config_from_dict(_cfg(tmp_path, model={"family": "flux", "path": str(tiny_flux_dir)}, rl=rl,
+                                train__nft=nft))
     trainer = build_trainer(cfg)
     assert isinstance(trainer.objective, DiffusionNFTObjective)
     before = _weights(trainer)
@@ -282,20 +352,89 @@ def test_two_iteration_nft_run_under_either_advantage_rule(preset, tiny_flux_dir
             assert torch.isfinite(torch.tensor(m[key])), key
         assert m["optimizer_steps"] == 2 and m["skipped_updates"] == 0
         assert m["old_dev_before_update"] < 1e-4  # v_old is the sampling weights' velocity
+        assert m["old_dev"] > 0  # the second optimizer step trains away from it
     assert history[1]["kl_ref"] > 0  # the weights left the reference
     assert any(not torch.equal(a, b) for a, b in zip(_weights(trainer), before, strict=True))
 
 
+def test_lagging_old_policy_in_a_run(tiny_flux_dir, tmp_path, brightness):
+    """Edit-R1's lag: after the first iteration (2 optimizer steps, d = 2 * 0.2 = 0.4) the old weights are
+    0.4 theta_0 + 0.6 theta_1, the policy keeps theta_1, and the next update-0 velocity differs from v_old."""
+    nft = {"kl_coef": 0.01, "old_decay_rate": 0.2}
+    trainer = build_trainer(config_from_dict(_cfg(tmp_path, model={"family": "flux", "path": str(tiny_flux_dir)},
+                                                  train__nft=nft)))
+    theta0 = _weights(trainer)
+    first = trainer.step()
+    theta1 = _weights(trainer)
+    assert first["old_dev_before_update"] < 1e-4  # the run starts with old = current
+    for old, a, b in zip(trainer.objective._old, theta0, theta1, strict=True):
+        torch.testing.assert_close(old, 0.4 * a + 0.6 * b)
+    second = trainer.step()
+    assert second["old_dev_before_update"] > 1e-4
+    path = trainer.save_checkpoint()
+    assert (path / "objective.pt").is_file()
+
+
 def test_nft_resume_equals_an_uninterrupted_run(tiny_flux_dir, tmp_path, brightness):
+    """With a lagging old policy, so that its checkpointed weights matter."""
     model = {"family": "flux", "path": str(tiny_flux_dir)}
-    alone = build_trainer(config_from_dict(_cfg(tmp_path / "alone", model=model)))
+    over = {"model": model, "train__nft": {"kl_coef": 0.01, "old_decay_rate": 0.2}, "run__iterations": 3}
+    alone = build_trainer(config_from_dict(_cfg(tmp_path / "alone", **over)))
     initial = _weights(alone)
     alone.train()
     assert any(not torch.equal(a, b) for a, b in zip(_weights(alone), initial, strict=True))
-    cut_cfg = config_from_dict(_cfg(tmp_path / "cut", model=model))
-    build_trainer(cut_cfg).train(1)
+    cut_cfg = config_from_dict(_cfg(tmp_path / "cut", **over))
+    build_trainer(cut_cfg).train(2)
     resumed = build_trainer(cut_cfg, resume=True)
-    assert resumed.iteration == 1
+    assert resumed.iteration == 2
     resumed.train()
     for a, b in zip(_weights(resumed), _weights(alone), strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------- edit policies
+
+
+def _edit_groups():
+    from PIL import Image
+
+    from slas.rl.protocols import Group
+
+    person, product = Image.new("RGB", (40, 48), (200, 120, 90)), Image.new("RGB", (30, 20), (20, 60, 220))
+    return [Group(key="p|q", prompt="The person in Figure 1 is holding the commodity in Figure 2",
+                  conditions={"person_images": person, "product_images": product})]
+
+
+@pytest.fixture(params=["qwen_image_edit", "flux_kontext"])
+def edit_policy(request, tiny_qwen_edit_dir, tiny_kontext_dir):
+    from slas.editing.kontext import KontextPolicy
+    from slas.editing.qwen_edit import QwenImageEditPolicy
+
+    family = request.param
+    cls, path = {"qwen_image_edit": (QwenImageEditPolicy, tiny_qwen_edit_dir),
+                 "flux_kontext": (KontextPolicy, tiny_kontext_dir)}[family]
+    sample = SampleConfig(resolution=32, num_steps=4, group_size=2, eta=0.0, shared_noise=False, condition_size=32,
+                          vl_condition_size=32, max_sequence_length=512 if family == "qwen_image_edit" else 32)
+    model = ModelConfig(family=family, path=str(path), finetune="lora", lora={"rank": 4, "alpha": 8})
+    return cls.from_pretrained(model, sample, keep_reference=True)
+
+
+def test_nft_on_the_edit_policies(edit_policy):
+    """Eta 0 on an edit policy is its pipeline's Euler ODE (= generate from the same noise), and DiffusionNFT
+    trains its LoRA through ``model_output`` with v_old equal to the update-0 velocity."""
+    groups = _edit_groups()
+    rollout = edit_policy.rollout(groups, group_size=2, seed=4)
+    assert torch.equal(rollout.trajectory.log_probs, torch.zeros(2, 4))
+    images = edit_policy.generate(groups * 2, [_seed_for(4, 0), _seed_for(4, 1)])
+    assert torch.allclose(rollout.images, images, atol=1e-4)
+    objective = DiffusionNFTObjective(kl_coef=0.1, old_decay_rate=0.0, batch_size=2)
+    advantages = torch.tensor([1.0, -1.0])
+    plan = objective.plan(edit_policy, rollout, advantages, torch.Generator().manual_seed(0))
+    assert plan.terms == 3
+    terms = list(objective.losses(edit_policy, rollout, advantages, torch.arange(2), plan, update=0))
+    assert len(terms) == 3
+    for loss, stats in terms:
+        assert torch.isfinite(loss) and stats["old_dev_before_update"] < 1e-4 and stats["kl_ref"] >= 0
+    sum(loss for loss, _ in terms).backward()
+    grads = [p.grad for p in edit_policy.trainable_parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)

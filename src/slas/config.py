@@ -219,6 +219,11 @@ class NFTSettings(_Strict):
     timesteps_per_sample: int | None = Field(
         None, ge=1, description="loss terms per sample (None: sample.num_steps - 1; Edit-R1: int(6 * 0.99) = 5)")
     x0_weighting: bool = Field(True, description="divide each sample's x0 error by its mean |x0 error| (Edit-R1)")
+    old_decay_flat: int = Field(0, ge=0, description="old (sampling) policy: no lag for this many optimizer steps")
+    old_decay_rate: float = Field(
+        0.001, ge=0, description="old <- d old + (1 - d) current after each iteration, d = min((step - flat) * rate, "
+                                 "max); 0 = the old policy is the current one (Edit-R1 decay_type 1: 0, 0.001, 0.5)")
+    old_decay_max: float = Field(0.5, ge=0, lt=1, description="old policy: the largest decay d")
 
 
 class TrainConfig(_Strict):

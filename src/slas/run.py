@@ -71,7 +71,9 @@ def build_objective(train: TrainConfig) -> Objective | None:
     nft = train.nft
     return DiffusionNFTObjective(beta=nft.beta, kl_coef=nft.kl_coef, adv_clip_max=nft.adv_clip_max,
                                  timesteps=nft.timesteps, timesteps_per_sample=nft.timesteps_per_sample,
-                                 x0_weighting=nft.x0_weighting, batch_size=train.batch_size)
+                                 x0_weighting=nft.x0_weighting, old_decay_flat=nft.old_decay_flat,
+                                 old_decay_rate=nft.old_decay_rate, old_decay_max=nft.old_decay_max,
+                                 batch_size=train.batch_size)
 
 
 def needs_reference(train: TrainConfig) -> bool:

@@ -43,20 +43,24 @@ What Edit-R1 does (read from PKU-YuanGroup/Edit-R1 at commit 4217f25; facts only
   steps), EMA on (L92), per-prompt stat tracking (L106) with ``global_std`` (L57): A = (reward - prompt mean)
   / (batch std + 1e-4) (``flow_grpo/stat_tracking.py`` L40-45).
 
-How the old velocity is provided here: v_old is the velocity of the weights that sampled the rollout, computed
-without grad in :meth:`DiffusionNFTObjective.plan` for every (sample, term) before the first optimizer step of
-the iteration, and cached. That is Edit-R1's old adapter while its decay is 0 (its first steps, and every step
-of a run whose old policy tracks the current one), and it keeps Edit-R1's invariant that the old policy is
-the sampling policy. Edit-R1's lagging old policy (decay up to 0.5) would also have to SAMPLE the rollouts,
-which is the policy's and trainer's business, not an objective's; it is not reproduced. The cache costs one
-no-grad forward per term, as Edit-R1's own old forward does, and works with any number of optimizer steps per
-iteration; at update 0 the current velocity must equal it (``old_dev_before_update``, like GRPO's ratio check).
+How the old policy is provided here: as in Edit-R1, the old policy is the sampling policy. The objective is a
+:class:`slas.rl.protocols.SamplingObjective`: with a decay schedule (``old_decay_*``, Edit-R1's decay_type 1 by
+default) it keeps a copy of the trainable weights, which the trainer swaps into the policy for each rollout
+(``sampling``) and which moves towards the trained weights after every iteration (``after_iteration``), and it
+is checkpointed (``objective.pt``) so that a resumed run equals an uninterrupted one. v_old is the velocity of
+those weights, computed without grad in :meth:`DiffusionNFTObjective.plan` for every (sample, term) before the
+first optimizer step of the iteration, and cached: one no-grad forward per term, as Edit-R1's own old forward,
+and right for any number of optimizer steps per iteration. With ``old_decay_rate = 0`` (no lag) no copy is
+kept, the old weights are the current ones at each rollout, and at update 0 the trained velocity must equal
+v_old (``old_dev_before_update`` = 0 up to numerics, like GRPO's ratio check); with a lag it measures the lag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -135,6 +139,27 @@ def velocity_kl(v: Tensor, v_ref: Tensor) -> Tensor:
     return ((v - v_ref.detach()) ** 2).mean(dim=tuple(range(1, v.ndim)))
 
 
+def old_decay(step: int, *, flat: int, rate: float, cap: float) -> float:
+    """Edit-R1's ``return_decay``: 0 for the first ``flat`` optimizer steps, then ``(step - flat) * rate`` up to
+    ``cap`` (decay_type 1: flat 0, rate 0.001, cap 0.5; type 2: 75, 0.0075, 0.999; type 0: no lag)."""
+    return 0.0 if step < flat else min((step - flat) * rate, cap)
+
+
+@contextmanager
+def swapped_in(params: Sequence[torch.nn.Parameter], values: Sequence[Tensor]) -> Iterator[None]:
+    """``params`` hold ``values`` inside the context and their own data again after it (even on error)."""
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in params]
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved, strict=True):
+                p.copy_(v)
+
+
 # ------------------------------------------------------------------------------------------- the plan
 
 
@@ -185,10 +210,11 @@ def _require_flow(policy: Policy, trajectory: Trajectory) -> Tensor:
 class DiffusionNFTObjective:
     """Edit-R1's DiffusionNFT as an objective (see the module docstring; defaults are Edit-R1's numbers).
 
-    ``timesteps_per_sample`` None means ``num_steps - 1`` (Edit-R1: int(6 * 0.99) = 5); ``batch_size`` is how
-    many samples one no-grad forward of the old velocity takes. Statistics: loss, policy_loss, kl_ref (when
-    ``kl_coef`` > 0), r (mean), old_dev (mean (v - v_old)^2) and, at update 0, the largest |v - v_old|
-    (``old_dev_before_update``: 0 up to numerics, since v_old is the sampling weights' velocity).
+    ``timesteps_per_sample`` None means ``num_steps - 1`` (Edit-R1: int(6 * 0.99) = 5); ``old_decay_*`` is the
+    old policy's schedule (:func:`old_decay`; rate 0 = no lag); ``batch_size`` is how many samples one no-grad
+    forward of the old velocity takes. Statistics: loss, policy_loss, kl_ref (when ``kl_coef`` > 0), r (mean),
+    old_dev (mean (v - v_old)^2) and, at update 0, the largest |v - v_old| (``old_dev_before_update``: 0 up to
+    numerics without lag, since v_old is then the current weights' velocity).
     """
 
     beta: float = 1.0
@@ -197,8 +223,60 @@ class DiffusionNFTObjective:
     timesteps: str = "schedule"
     timesteps_per_sample: int | None = None
     x0_weighting: bool = True
+    old_decay_flat: int = 0
+    old_decay_rate: float = 0.001
+    old_decay_max: float = 0.5
     batch_size: int = 4
     max_stats: frozenset[str] = frozenset({"old_dev_before_update"})
+    _old: list[Tensor] | None = field(default=None, init=False, repr=False)  # the sampling weights when they lag
+    _steps: int = field(default=0, init=False)  # optimizer steps so far (what the decay schedule reads)
+
+    # ---------------------------------------------------------------- the old (sampling) policy
+    @property
+    def lags(self) -> bool:
+        """Whether the old policy can lag behind the trained one (a decay schedule that is not always 0)."""
+        return self.old_decay_rate > 0 and self.old_decay_max > 0
+
+    @contextmanager
+    def sampling(self, policy: Policy) -> Iterator[None]:
+        """The policy holds the old weights inside (rollouts and v_old); without lag they are its own."""
+        if not self.lags:
+            yield
+            return
+        params = policy.trainable_parameters()
+        self._place_old(policy)
+        if self._old is None:  # the run's start (or a checkpoint without them): old = current, as Edit-R1 starts
+            self._old = [p.detach().clone() for p in params]
+        with swapped_in(params, self._old):
+            yield
+
+    def after_iteration(self, policy: Policy, optimizer_steps: int) -> None:
+        """old <- decay old + (1 - decay) current, decay from the run's optimizer steps so far (Edit-R1 L1280)."""
+        self._steps += optimizer_steps
+        if not self.lags or self._old is None:
+            return
+        d = old_decay(self._steps, flat=self.old_decay_flat, rate=self.old_decay_rate, cap=self.old_decay_max)
+        with torch.no_grad():
+            for old, p in zip(self._old, policy.trainable_parameters(), strict=True):
+                old.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"steps": self._steps}
+        if self._old is not None:
+            state["old"] = [t.detach().cpu() for t in self._old]
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._steps = int(state.get("steps", 0))
+        old = state.get("old")
+        self._old = None if old is None else [t.clone() for t in old]
+
+    def _place_old(self, policy: Policy) -> None:
+        """Loaded old weights onto the devices of the policy's parameters."""
+        if self._old is not None:
+            self._old = [t.to(p.device, p.dtype) for t, p in zip(self._old, policy.trainable_parameters(), strict=True)]
+
+    # ---------------------------------------------------------------- the objective
 
     def plan(self, policy: Policy, rollout: Rollout, advantages: Tensor, generator: torch.Generator) -> ObjectivePlan:
         traj = rollout.trajectory
@@ -211,7 +289,7 @@ class DiffusionNFTObjective:
         device = x0.device
         sig, ts = sig.to(device), ts.to(device)
         v_old = torch.empty_like(noise)
-        with torch.no_grad():
+        with torch.no_grad(), self.sampling(policy):
             for start in range(0, n, self.batch_size):
                 idx = torch.arange(start, min(n, start + self.batch_size), device=device)
                 for j in range(k):

@@ -9,6 +9,7 @@ the job around it wants to hear about. Text-to-image and editing differ only in 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -141,6 +142,23 @@ class Objective(Protocol):
     ) -> Iterator[tuple[Tensor, dict[str, float]]]:
         """``(loss, stats)`` terms for ``indices``; ``update`` counts the optimizer steps of this iteration
         (0: the weights are still those that sampled the rollout)."""
+
+
+@runtime_checkable
+class SamplingObjective(Protocol):
+    """An objective that keeps its own sampling ("old") weights, as DiffusionNFT's old policy does: the trainer
+    draws each rollout inside ``sampling(policy)``, calls ``after_iteration`` once an iteration's optimizer
+    steps are done, and checkpoints ``state_dict()`` (tensors and plain values) beside the weights."""
+
+    def sampling(self, policy: Policy) -> AbstractContextManager[None]:
+        """The policy holds the sampling weights inside this context and its own ones again after it."""
+
+    def after_iteration(self, policy: Policy, optimizer_steps: int) -> None:
+        """The iteration took ``optimizer_steps`` steps; move the sampling weights towards the trained ones."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 class Callback:

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpo
 from slas.rl.diagnostics import ShapedBatch, shaping_diagnostics
 from slas.rl.objectives import GRPOObjective
 from slas.rl.power import AutoPower
-from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, Tracker
+from slas.rl.protocols import Callback, DataSource, Objective, Policy, RewardFn, SamplingObjective, Tracker
 from slas.rl.trajectory import Rollout
 
 
@@ -123,6 +123,7 @@ class Trainer:
             clip_range=t.clip_range, kl_coef=t.kl_coef, timestep_fraction=t.timestep_fraction,
             timestep_selection=t.timestep_selection,
         )
+        self._sampling_objective = isinstance(self.objective, SamplingObjective)  # keeps its own sampling weights
         self.auto_power = AutoPower.from_config(config) if config.rl.power == "auto" else None
         self.tracker = tracker
         self.callbacks = list(callbacks)
@@ -169,7 +170,8 @@ class Trainer:
         k = cfg.sample.prompts_per_iter
         # every rank draws the same global group list and takes its slice; groups are numbered globally
         groups = self.data.next(k * self.world)[self.rank * k : (self.rank + 1) * k]
-        with self._timed("rollout"):
+        sampling = self.objective.sampling(self.policy) if self._sampling_objective else nullcontext()
+        with self._timed("rollout"), sampling:  # an objective with its own sampling weights rolls out with them
             rollout = self.policy.rollout(groups, group_size=cfg.sample.group_size, seed=self._seed() + self.rank * k)
         with self._timed("reward"):
             rewards = self.reward(rollout.images, rollout.prompts, group_ids=rollout.group_ids, **rollout.conditions)
@@ -205,6 +207,8 @@ class Trainer:
         self.last_batch = ShapedBatch(total, adv_all, group_ids)  # for callbacks that look at the rule's output
         with self._timed("train"):
             metrics.update(self._update(rollout, adv))
+            if self._sampling_objective:
+                self.objective.after_iteration(self.policy, int(metrics["optimizer_steps"]))
         self.iteration += 1
         if self._images_due():
             self._grid = rollout_grid(rollout.images, rollout.group_ids)
@@ -365,6 +369,8 @@ class Trainer:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), tmp / "ema.pt")
+            if self._sampling_objective:
+                torch.save(self.objective.state_dict(), tmp / "objective.pt")
             rng = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -404,6 +410,8 @@ class Trainer:
         self.optimizer.load_state_dict(_tensors(path / "optimizer.pt"))
         if self.ema is not None and (path / "ema.pt").is_file():
             self.ema.load_state_dict(_tensors(path / "ema.pt"))
+        if self._sampling_objective and (path / "objective.pt").is_file():
+            self.objective.load_state_dict(_tensors(path / "objective.pt"))
         rng = _tensors(path / "rng.pt")
         state = _named(path / "trainer_state.json", lambda p: json.loads(p.read_text()))
         self.data.load_state_dict(state["data"] if "data" in state else state["prompts"])  # "prompts": before 0.2
