@@ -167,6 +167,8 @@ def test_swapped_in_restores_even_on_error():
     with pytest.raises(KeyError), swapped_in([p], [torch.full((3,), 7.0)]):
         raise KeyError("boom")
     assert torch.equal(p.detach(), torch.ones(3))
+    with pytest.raises(ValueError, match="cannot stand in"), swapped_in([p], [torch.zeros(3, dtype=torch.float64)]):
+        pass
 
 
 class _OneParam:

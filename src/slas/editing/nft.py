@@ -147,17 +147,22 @@ def old_decay(step: int, *, flat: int, rate: float, cap: float) -> float:
 
 @contextmanager
 def swapped_in(params: Sequence[torch.nn.Parameter], values: Sequence[Tensor]) -> Iterator[None]:
-    """``params`` hold ``values`` inside the context and their own data again after it (even on error)."""
-    with torch.no_grad():
-        saved = [p.detach().clone() for p in params]
-        for p, v in zip(params, values, strict=True):
-            p.copy_(v)
+    """``params`` hold ``values`` inside the context and their own data again after it (even on error).
+
+    The storages are exchanged, not copied, so no third copy of the weights is made (a full fine-tune's old
+    policy already doubles them); ``values`` must match the parameters' shape, dtype and device."""
+    for p, v in zip(params, values, strict=True):
+        if v.shape != p.shape or v.dtype != p.dtype or v.device != p.device:
+            raise ValueError(f"swapped_in: {tuple(v.shape)} {v.dtype} on {v.device} cannot stand in for a parameter "
+                             f"{tuple(p.shape)} {p.dtype} on {p.device}")
+    saved = [p.data for p in params]
+    for p, v in zip(params, values, strict=True):
+        p.data = v
     try:
         yield
     finally:
-        with torch.no_grad():
-            for p, v in zip(params, saved, strict=True):
-                p.copy_(v)
+        for p, v in zip(params, saved, strict=True):
+            p.data = v
 
 
 # ------------------------------------------------------------------------------------------- the plan
