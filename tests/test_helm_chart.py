@@ -200,7 +200,8 @@ def test_indexed_job_ranks_and_rendezvous(name: str, nodes: int, gpus: int) -> N
     assert len(headless) == 1 and headless[0]["spec"]["publishNotReadyAddresses"] is True
     service = headless[0]["metadata"]["name"]
     assert pod["subdomain"] == service  # <job>-<index>.<service> resolves
-    assert headless[0]["spec"]["selector"].items() <= pod_labels(job).items()
+    # the Job controller labels its pods batch.kubernetes.io/job-name=<job>: only this run's pods are selected
+    assert headless[0]["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     (train,) = pod["containers"]
     assert train["command"] == ["accelerate", "launch"]
     args = train["args"]
@@ -217,10 +218,6 @@ def test_indexed_job_ranks_and_rendezvous(name: str, nodes: int, gpus: int) -> N
         assert train["resources"][kind]["nvidia.com/gpu"] == gpus
     # the pod hostname <job>-<index> must be a DNS label
     assert len(f"{job['metadata']['name']}-{nodes - 1}") <= 63
-
-
-def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
-    return obj["spec"]["template"]["metadata"]["labels"]
 
 
 def test_job_arguments_follow_the_run_values() -> None:
@@ -351,7 +348,8 @@ def test_review_ui_and_reward_server() -> None:
     reward = _one(objects, "Deployment", "reward")
     (rc,) = _pod_spec(reward)["containers"]
     assert rc["command"] == ["slas", "reward", "serve"]
-    assert rc["args"] == ["hpsv21:0.7,clip:1.4", "--port=8000"]
+    assert rc["args"] == ["hpsv21:0.7,clip:1.4", "--host=0.0.0.0", "--port=8000"]  # reachable, so the token is required
+    assert rc["readinessProbe"]["httpGet"]["path"] == "/health"
     assert rc["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert _env(rc)["SLAS_REWARD_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "slas-reward"
     assert _one(objects, "Service", "reward")["spec"]["ports"][0]["port"] == 8000

@@ -40,7 +40,15 @@ app.kubernetes.io/part-of: slas
 {{- end -}}
 
 {{/* Object names. */}}
-{{- define "slas.trainName" -}}{{ include "slas.fullname" . }}-train{{- end -}}
+{{/* The training run's Job (and its Service, ConfigMap): <base>-train for the release's own run, <base>-job-<id>
+for a job submitted with `slas jobs submit --backend kubernetes`, so that several runs share one release. */}}
+{{- define "slas.trainName" -}}
+{{- if .Values.run.jobId -}}
+{{ include "slas.fullname" . }}-job-{{ .Values.run.jobId }}
+{{- else -}}
+{{ include "slas.fullname" . }}-train
+{{- end -}}
+{{- end -}}
 {{- define "slas.mlflowName" -}}{{ include "slas.fullname" . }}-mlflow{{- end -}}
 {{- define "slas.uiName" -}}{{ include "slas.fullname" . }}-ui{{- end -}}
 {{- define "slas.rewardName" -}}{{ include "slas.fullname" . }}-reward{{- end -}}

@@ -63,14 +63,19 @@ def _elapsed(start: datetime | None, end: datetime | None) -> str:
 def submit(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML run config (see configs/)")],
     set_: SetOpt = None,
-    backend: Annotated[str, typer.Option("--backend", help="where to run it: local (a detached process) or kubernetes")] = "local",
+    backend: Annotated[str, typer.Option("--backend", help="where to run it: local (a detached process) or kubernetes "
+                                                       "(the helm/slas release named by $SLAS_KUBE_VALUES, "
+                                                       "$SLAS_KUBE_RELEASE, $SLAS_KUBE_NAMESPACE)")] = "local",
 ) -> None:
     """Validate a config and start it as a background job; prints the job id."""
     with _manager() as jm:
         job = jm.submit(config, set_ or [], backend=backend)
-        typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}, pid {job.pid}")
+        if job.pid is not None:
+            typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}, pid {job.pid}")
+        else:
+            typer.echo(f"submitted job {job.id} ({job.name}) on {job.backend}: {job.workdir}")
         typer.echo(f"  run dir: {job.run_dir}")
-        typer.echo(f"  log:     {job.log_path}   (slas jobs logs {job.id} -f)")
+        typer.echo(f"  log:     {job.log_path or 'rank 0'}   (slas jobs logs {job.id} -f)")
 
 
 @app.command("list")
@@ -154,7 +159,11 @@ def cancel(
         if job.status == "cancelled":
             typer.echo(f"job {job.id} cancelled before it started")
             return
-        typer.echo(f"sent SIGTERM to job {job.id} (pid {job.pid}): it stops after this iteration with a checkpoint")
+        if job.backend == "local":
+            typer.echo(f"sent SIGTERM to job {job.id} (pid {job.pid}): it stops after this iteration with a checkpoint")
+        else:
+            typer.echo(f"suspended job {job.id}'s {job.backend} Job: its pods get SIGTERM and it stops after this "
+                       "iteration with a checkpoint")
         if wait:
             job = jm.wait(job_id)
             typer.echo(f"job {job.id} {job.status}")
@@ -165,4 +174,5 @@ def resume(job_id: JobId, set_: SetOpt = None) -> None:
     """Restart a stopped job from its newest complete checkpoint, as a new attempt of the same job."""
     with _manager() as jm:
         job = jm.resume(job_id, set_ or [])
-        typer.echo(f"resumed job {job.id} ({job.name}) on {job.backend}, pid {job.pid}; log: {job.log_path}")
+        where = f"pid {job.pid}; log: {job.log_path}" if job.pid is not None else f"{job.workdir}; log: rank 0"
+        typer.echo(f"resumed job {job.id} ({job.name}) on {job.backend}, {where}")

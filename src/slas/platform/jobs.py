@@ -15,8 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Protocol
 
 import yaml
@@ -69,15 +69,26 @@ def _process_lost(job: Job) -> bool:
 
 
 class Backend(Protocol):
-    """Where a job's training process runs. ``launch`` starts ``slas train`` for the job and returns its pid."""
+    """Where a job's training process runs. ``launch`` starts ``slas train`` for the job and returns its pid
+    (``None`` when no local process runs it). ``writes_run_dir``: whether the run dir is on this machine
+    (the job's config file is written there before launch); otherwise the backend carries the config."""
 
     name: str
+    writes_run_dir: bool
+
+    def place(self, cfg: SLASConfig, workdir: Path) -> tuple[str, PurePath]:
+        """The job row's workdir and the folder its run dir goes in."""
+        ...
+
+    def lost(self, job: Job) -> str | None:
+        """Why an active job can no longer record its own end state (its process is gone), else ``None``."""
+        ...
 
     def check(self, config: SLASConfig) -> None:
         """Raise :class:`JobError` (or a preflight error) when this backend cannot run ``config``."""
         ...
 
-    def launch(self, job: Job, config_path: Path, *, resume: bool, store_url: str) -> int | None: ...
+    def launch(self, job: Job, config_path: Path | None, *, resume: bool, store_url: str) -> int | None: ...
 
     def cancel(self, job: Job) -> None:
         """Ask the job's process to stop gracefully (checkpoint, then end as cancelled)."""
@@ -88,6 +99,15 @@ class LocalBackend:
     """A detached ``python -m slas train`` process on this machine, its output in the job's log file."""
 
     name = "local"
+    writes_run_dir = True
+
+    def place(self, cfg: SLASConfig, workdir: Path) -> tuple[str, PurePath]:
+        return str(workdir), (workdir / cfg.run_dir.parent).resolve()
+
+    def lost(self, job: Job) -> str | None:
+        if _process_lost(job):
+            return f"process {job.pid} on {job.host} exited without recording an end state (killed?)"
+        return None
 
     def check(self, config: SLASConfig) -> None:
         from slas.preflight import preflight
@@ -124,24 +144,15 @@ class LocalBackend:
             os.kill(job.pid, signal.SIGTERM)
 
 
-class KubernetesBackend:
-    """The seam for running jobs on a GPU cluster: named so that ``--backend kubernetes`` is understood, and
-    refused in one line, since this version runs jobs on the local machine only."""
+def _kubernetes_backend() -> Backend:
+    """The cluster backend (``slas.platform.kube``), imported when asked for: it loads the Helm SDK and the
+    kubernetes client, which local jobs never need."""
+    from slas.platform.kube import KubernetesBackend
 
-    name = "kubernetes"
-    MESSAGE = "the kubernetes backend is not available in this version; use --backend local"
-
-    def check(self, config: SLASConfig) -> None:
-        raise JobError(self.MESSAGE)
-
-    def launch(self, job: Job, config_path: Path, *, resume: bool, store_url: str) -> int | None:
-        raise JobError(self.MESSAGE)
-
-    def cancel(self, job: Job) -> None:
-        raise JobError(self.MESSAGE)
+    return KubernetesBackend()
 
 
-BACKENDS: dict[str, type] = {"local": LocalBackend, "kubernetes": KubernetesBackend}
+BACKENDS: dict[str, Callable[[], Backend]] = {"local": LocalBackend, "kubernetes": _kubernetes_backend}
 
 
 def get_backend(name: str) -> Backend:
@@ -154,15 +165,14 @@ def get_backend(name: str) -> Backend:
 # ---------------------------------------------------------------------------------------------- the manager
 
 
-def _unused_run_dir(store: Store, cfg: SLASConfig, workdir: Path) -> tuple[str, Path]:
+def _unused_run_dir(store: Store, cfg: SLASConfig, root: PurePath) -> tuple[str, PurePath]:
     """The config's run name, or ``name-2``, ``name-3``... when another job or earlier run already wrote there
-    (under ``workdir``; the config's run dir rule decides the folder, ``SLAS_HOME`` included)."""
+    (under ``root``, the folder the backend puts run dirs in)."""
     base = cfg.run.name
-    root = (workdir / cfg.run_dir.parent).resolve()
     for n in range(1, 10_000):
         name = base if n == 1 else f"{base}-{n}"
         run_dir = root / name
-        if not store.find_jobs_by_run_dir(run_dir) and not (run_dir / "checkpoints").exists():
+        if not store.find_jobs_by_run_dir(run_dir) and not Path(run_dir, "checkpoints").exists():
             return name, run_dir
     raise JobError(f"no free run name for {base!r} under {root}")
 
@@ -170,15 +180,32 @@ def _unused_run_dir(store: Store, cfg: SLASConfig, workdir: Path) -> tuple[str, 
 class JobManager:
     """Job commands over a store; each reads the store fresh, so several CLIs and trainers can share it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backends: Mapping[str, Backend] | None = None) -> None:
         self.store = store
+        self._backends: dict[str, Backend] = dict(backends or {})
+
+    def backend(self, name: str) -> Backend:
+        """The named backend, made once per manager (a cluster backend keeps its API connection)."""
+        if name not in self._backends:
+            self._backends[name] = get_backend(name)
+        return self._backends[name]
 
     # ------------------------------------------------------------------ reading
     def refresh(self, job: Job) -> Job:
-        """Mark an active job whose process is gone as failed (it died without recording an end state)."""
-        if _process_lost(job):
-            msg = f"process {job.pid} on {job.host} exited without recording an end state (killed?)"
-            return self.store.fail_lost_job(job.id, pid=job.pid, error=msg)
+        """Mark an active job whose process is gone as failed (it died without recording an end state).
+
+        A cluster that cannot be asked now (no kubeconfig here, API down) leaves the row as it is."""
+        if job.status not in ACTIVE_STATUSES:
+            return job
+        if job.backend == "local":
+            reason = LocalBackend().lost(job)
+        else:
+            try:
+                reason = self.backend(job.backend).lost(job)
+            except JobError:
+                return job
+        if reason:
+            return self.store.fail_lost_job(job.id, pid=job.pid, error=reason)
         return job
 
     def get(self, job_id: int) -> Job:
@@ -195,31 +222,33 @@ class JobManager:
 
     # ------------------------------------------------------------------ starting
     def _launch(self, job: Job, cfg: SLASConfig, backend: Backend, *, resume: bool) -> Job:
-        config_path = Path(job.run_dir) / JOB_CONFIG
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        config_path = None
+        if backend.writes_run_dir:
+            config_path = Path(job.run_dir) / JOB_CONFIG
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         try:
             pid = backend.launch(job, config_path, resume=resume, store_url=self.store.url)
         except (OSError, JobError) as exc:
             reason = redact_text(str(exc))
             self.store.finish_job(job.id, "failed", error=f"launch failed: {reason}")
             raise JobError(f"job {job.id}: launch failed: {reason}") from None
-        return self.store.update_job(job.id, pid=pid, host=hostname())
+        return self.store.update_job(job.id, pid=pid, host=hostname() if pid is not None else None)
 
     def submit(
         self, config: str | Path, overrides: Sequence[str] = (), *, backend: str = "local", workdir: str | Path | None = None
     ) -> Job:
         """Validate a config (and what it names) and launch it as a new job; returns the queued job."""
-        be = get_backend(backend)
+        be = self.backend(backend)
         cfg = load_config(config, list(overrides))
         be.check(cfg)
-        wd = Path(workdir or Path.cwd()).resolve()
-        name, run_dir = _unused_run_dir(self.store, cfg, wd)
+        wd, root = be.place(cfg, Path(workdir or Path.cwd()).resolve())
+        name, run_dir = _unused_run_dir(self.store, cfg, root)
         cfg.run.name = name
         cfg.run.output_dir = str(run_dir.parent)  # pinned: the job writes where its row says, whatever its env
         job = self.store.create_job(
             name=name, config=cfg.model_dump(mode="json"), run_dir=run_dir, backend=be.name, workdir=wd,
-            log_path=run_dir / JOB_LOG,
+            log_path=run_dir / JOB_LOG if be.writes_run_dir else None,
         )
         return self._launch(job, cfg, be, resume=False)
 
@@ -229,21 +258,27 @@ class JobManager:
         if job.status in ACTIVE_STATUSES:
             raise JobError(f"job {job.id} is {job.status} (pid {job.pid}); cancel it or wait for it to end")
         cfg = config_from_dict(job.config, list(overrides))
-        run_dir = (Path(job.workdir) / cfg.run_dir).resolve()
-        if run_dir != Path(job.run_dir):
-            raise JobError(f"job {job.id}: --set may not move the run dir ({job.run_dir})")
-        ckpt = latest_checkpoint(run_dir / "checkpoints")
-        if ckpt is None:
+        be = self.backend(job.backend)
+        if be.writes_run_dir:
+            run_dir = (Path(job.workdir) / cfg.run_dir).resolve()
+            if run_dir != Path(job.run_dir):
+                raise JobError(f"job {job.id}: --set may not move the run dir ({job.run_dir})")
+            ckpt = latest_checkpoint(run_dir / "checkpoints")
+            done = int(ckpt.name.removeprefix("iter_")) if ckpt is not None else None
+        else:  # the run dir is on the cluster: the checkpoints its run recorded in the store
+            if str(PurePosixPath(cfg.run_dir)) != job.run_dir:
+                raise JobError(f"job {job.id}: --set may not move the run dir ({job.run_dir})")
+            recorded = self.store.list_checkpoints(job.id)
+            done = max(c.iteration for c in recorded) if recorded else None
+        if done is None:
             raise JobError(
-                f"job {job.id} has no complete checkpoint under {run_dir / 'checkpoints'}; submit its config again"
+                f"job {job.id} has no complete checkpoint under {Path(job.run_dir) / 'checkpoints'}; submit its config again"
             )
-        done = int(ckpt.name.removeprefix("iter_"))
         if done >= cfg.run.iterations:
             raise JobError(
                 f"job {job.id} has done all {cfg.run.iterations} iterations; "
                 f"resume it with --set run.iterations=N (N > {done}) to train further"
             )
-        be = get_backend(job.backend)
         be.check(cfg)
         job = self.store.requeue_job(job.id, config=cfg.model_dump(mode="json"))
         return self._launch(job, cfg, be, resume=True)
@@ -254,7 +289,7 @@ class JobManager:
         job = self.get(job_id)
         if job.status in FINAL_STATUSES:
             raise JobError(f"job {job.id} is already {job.status}")
-        backend = get_backend(job.backend)
+        backend = self.backend(job.backend)
         if job.status == "queued":
             # not training yet (its process may still be importing): end it here, so it never starts
             job = self.store.finish_job(job.id, "cancelled", error="cancelled before it started")
@@ -281,7 +316,14 @@ class JobManager:
         return Path(job.log_path)
 
     def follow_log(self, job_id: int, *, follow: bool = False, poll: float = 0.5) -> Iterator[str]:
-        """The job's log text in chunks; with ``follow``, keep reading until the job ends."""
+        """The job's log text in chunks; with ``follow``, keep reading until the job ends. A job without a
+        local log file whose backend reads logs itself (a cluster: rank 0's pod) is read there."""
+        job = self.get(job_id)
+        backend = self.backend(job.backend) if job.log_path is None and job.backend != "local" else None
+        if backend is not None and hasattr(backend, "follow_log"):
+            yield from backend.follow_log(job, follow=follow,
+                                          ended=lambda: self.get(job_id).status in FINAL_STATUSES)
+            return
         path = self.log_path(job_id)
         if not path.is_file() and not follow:
             raise JobError(f"job {job_id}: log file {path} does not exist (yet)")
@@ -312,7 +354,6 @@ __all__ = [
     "Backend",
     "JobError",
     "JobManager",
-    "KubernetesBackend",
     "LocalBackend",
     "StoreError",
     "get_backend",
