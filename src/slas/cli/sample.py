@@ -18,7 +18,14 @@ def sample(
     checkpoints: Annotated[
         str, typer.Option("--checkpoints", help="comma-separated checkpoint dirs (runs/NAME/checkpoints/iter_N), run dirs (newest checkpoint) or `base`")
     ],
-    prompts: Annotated[Path, typer.Option("--prompts", help="prompt file (.txt, .jsonl or .csv)")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="prompt file (.txt, .jsonl or .csv): a text-to-image set")] = None,
+    pairs: Annotated[
+        Path | None, typer.Option("--pairs", help="editing pairs (.jsonl/.csv of id, person, product, ... or a folder with "
+                                                  "persons/ and products/): an editing set of person | product | edits")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="with --pairs: the pairs of this split (train, val, test; default: all)")
+    ] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="which seeds: 0,1,2 or ranges such as 0-7 (3 alone is the seed 3)")] = "0",
     config: Annotated[
         Path | None, typer.Option("--config", help="run config for every checkpoint (default: each checkpoint's own run config)")
@@ -35,13 +42,15 @@ def sample(
     """Render a comparison set: every checkpoint x prompt x seed, paired by seed, into the job store.
 
     Each checkpoint samples with the pipeline's deterministic sampler from the same per-seed noise, so
-    images differ only by the weights. Prints the sample set id (the review UI's input).
+    images differ only by the weights. With --pairs (instead of --prompts) an editing model edits each
+    (person, product) pair; the set folder keeps the input photos under inputs/ beside the edits. Prints
+    the sample set id (the review UI's input).
     """
     from slas.platform.db import open_store
     from slas.platform.sampling import plan_sample_set, render_sample_set
 
-    plan = plan_sample_set(checkpoints, prompts, seeds, config=config, overrides=set_ or [], prompt_field=field,
-                           batch_size=batch_size, reward=reward, name=name)
+    plan = plan_sample_set(checkpoints, prompts, seeds, pairs=pairs, split=split, config=config, overrides=set_ or [],
+                           prompt_field=field, batch_size=batch_size, reward=reward, name=name)
     with open_store() as store:
         try:
             set_id = render_sample_set(plan, store, out=out)
@@ -50,5 +59,6 @@ def sample(
         except (FileNotFoundError, ValueError, RuntimeError) as exc:  # e.g. weights that do not fit the config
             fail(f"sampling failed: {one_line(exc, with_type=True)}")
         root = store.get_sample_set(set_id).meta.get("out_dir")
+    items = f"{len(plan.pairs)} pairs" if plan.kind == "edit" else f"{len(plan.prompts)} prompts"
     typer.echo(f"sample set {set_id}: {plan.num_images} images ({len(plan.checkpoints)} checkpoints x "
-               f"{len(plan.prompts)} prompts x {len(plan.seeds)} seeds) in {root}")
+               f"{items} x {len(plan.seeds)} seeds) in {root}")

@@ -63,6 +63,24 @@ def checkpoint_labels(samples: Iterable[Sample]) -> list[str]:
     return list(seen)
 
 
+def set_kind(sset: SampleSet, samples: Iterable[Sample]) -> str:
+    """``edit`` (person + product -> edit) or ``t2i``: ``meta.kind`` as ``slas sample`` records it, else
+    whether any row has input photos (sets made before the kind was recorded, or by other tools)."""
+    kind = (sset.meta or {}).get("kind")
+    if kind in ("edit", "t2i"):
+        return kind
+    return "edit" if any(s.person_image or s.product_image for s in samples) else "t2i"
+
+
+def input_pairs(samples: Iterable[Sample]) -> list[tuple[str | None, str | None]]:
+    """The distinct (person, product) inputs of an editing set's rows, in rendering order."""
+    seen: dict[tuple[str | None, str | None], None] = {}
+    for s in sorted(samples, key=lambda s: s.id):
+        if s.person_image or s.product_image:
+            seen.setdefault((s.person_image, s.product_image), None)
+    return list(seen)
+
+
 def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -210,6 +228,6 @@ def export_set(store: Store, set_id: int, *, fmt: str = "csv", out: str | Path |
 
 __all__ = [
     "EXPORT_FORMATS", "PAIR_CHOICES", "RewardStats", "SampleSetError", "checkpoint_labels", "export_set",
-    "format_rows", "get_set", "rating_rows", "reward_names", "reward_summary", "sample_rows", "set_folder",
-    "write_atomic",
+    "format_rows", "get_set", "input_pairs", "rating_rows", "reward_names", "reward_summary", "sample_rows",
+    "set_folder", "set_kind", "write_atomic",
 ]
