@@ -78,7 +78,17 @@ def _lora() -> dict[str, Any]:
     }
 
 
-VALUE_SETS = {"one_node": _one_node, "two_by_eight": _two_by_eight, "lora": _lora}
+def _services_only() -> dict[str, Any]:
+    """The release `slas jobs submit --backend kubernetes` joins: services and volumes, no run of its own."""
+    return {
+        "training": {"enabled": False},
+        "postgresql": {"enabled": True, "passwordSecret": {"name": "slas-postgres"}},
+        "ui": {"authSecret": {"name": "slas-ui"}},
+    }
+
+
+VALUE_SETS = {"one_node": _one_node, "two_by_eight": _two_by_eight, "lora": _lora, "services_only": _services_only}
+TRAINING_SETS = ("one_node", "two_by_eight", "lora")
 
 
 def _render(values: dict[str, Any], release: str = "exp") -> list[dict[str, Any]]:
@@ -220,9 +230,15 @@ def test_indexed_job_ranks_and_rendezvous(name: str, nodes: int, gpus: int) -> N
     assert len(f"{job['metadata']['name']}-{nodes - 1}") <= 63
 
 
+def test_services_only_release_renders_no_run() -> None:
+    objects = _render(_services_only())
+    assert not [o for o in objects if o["metadata"]["labels"]["app.kubernetes.io/component"] == "train"]
+    assert {o["kind"] for o in objects} == {"Deployment", "Service", "StatefulSet", "ConfigMap", "PersistentVolumeClaim"}
+
+
 def test_job_arguments_follow_the_run_values() -> None:
-    args_of = {name: _by_kind(_render(make()), "Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-               for name, make in VALUE_SETS.items()}
+    args_of = {name: _by_kind(_render(VALUE_SETS[name]()), "Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+               for name in TRAINING_SETS}
     assert "--multi_gpu" not in args_of["one_node"]  # one process: no distributed launcher flags
     assert "--multi_gpu" in args_of["two_by_eight"]
     assert "--job-id=17" in args_of["two_by_eight"]
