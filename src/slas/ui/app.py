@@ -1,4 +1,5 @@
-"""The Gradio Blocks review app: blind pair ratings (Compare) and what they add up to (Leaderboard).
+"""The Gradio Blocks review app: blind pair ratings (Compare), what they add up to (Leaderboard), and how
+training went (Runs: curves from MLflow, rollout grids, config differences).
 
 The page only wires components to :mod:`slas.ui.handlers` and :mod:`slas.ui.leaderboard`; every image it
 shows is read through :mod:`slas.ui.imagefiles` and handed to Gradio as pixels, so no request can name a
@@ -30,6 +31,7 @@ from slas.ui.handlers import (
 )
 from slas.ui.imagefiles import load_checked, set_roots
 from slas.ui.leaderboard import rater_agreement, reward_agreement, standings
+from slas.ui.runs import config_diff, curves_figure, metric_keys, rollout_grids, run_choices, run_curves
 
 TITLE = "slas review"
 CHOICES = {"a": "A better (left) [1]", "b": "B better (right) [2]", "tie": "Tie [3]", "both_bad": "Both bad [4]"}
@@ -216,6 +218,22 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                 lb_export = gr.Button("Export ratings", elem_id="lb-export")
                 lb_file = gr.File(label="Ratings file", interactive=False)
 
+        with gr.Tab("Runs") as runs_tab:
+            with gr.Row():
+                run_sel = gr.Dropdown(label="Runs (several are overlaid)", multiselect=True, choices=run_choices(store),
+                                      allow_custom_value=True, elem_id="runs", scale=2)
+                metric_sel = gr.Dropdown(label="Metrics", multiselect=True, choices=[], allow_custom_value=True,
+                                         elem_id="metrics", scale=2)
+                runs_btn = gr.Button("Show", elem_id="runs-show", scale=0)
+            runs_info = gr.Markdown(elem_id="runs-info")
+            curves = gr.Plot(label="Curves", elem_id="curves")
+            grids = gr.Gallery(label="Rollout samples over training steps (first run picked)", columns=4,
+                               elem_id="grids", format="png")
+            with gr.Row():
+                diff_a = gr.Dropdown(label="Config of run", choices=run_choices(store), allow_custom_value=True)
+                diff_b = gr.Dropdown(label="against run", choices=run_choices(store), allow_custom_value=True)
+            diff_tbl = gr.Dataframe(label="Config keys that differ", interactive=False, elem_id="config-diff")
+
         view_outputs = [state, progress, prompt, person, product, left, right, slider, rewards, last]
         demo.load(open_page, outputs=[set_dd, a_dd, b_dd], api_name=False)
         demo.load(signed_in, outputs=[rater], api_name=False)
@@ -232,6 +250,13 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                       inputs=[set_dd], outputs=[lb_set, lb_table, lb_rewards, lb_raters], api_name=False)
         lb_set.change(lambda s: leaderboard_tables(store, s), inputs=[lb_set],
                       outputs=[lb_table, lb_rewards, lb_raters], api_name=False)
+        runs_tab.select(lambda: [gr.update(choices=run_choices(store))] * 3, outputs=[run_sel, diff_a, diff_b],
+                        api_name=False)
+        runs_btn.click(lambda ids, keys: show_runs(store, ids, keys), inputs=[run_sel, metric_sel],
+                       outputs=[metric_sel, curves, runs_info, grids], api_name="runs")
+        for dd in (diff_a, diff_b):
+            dd.change(lambda a, b: diff_runs(store, a, b), inputs=[diff_a, diff_b], outputs=[diff_tbl],
+                      api_name=False)
         lb_export.click(lambda s, f: export_ratings(store, s, f), inputs=[lb_set, lb_fmt], outputs=[lb_file],
                         api_name="export_ratings")
     return demo
@@ -260,6 +285,36 @@ def leaderboard_tables(store: Store, set_id: int | None) -> tuple[list[list[Any]
             + (f"; they agree in {_pct(float(raters['agreement']))} of {raters['comparisons']} comparisons."
                if raters["comparisons"] else "."))
     return (_frame(header, rows), _frame(["reward component", "agrees with people", "decisive pairs"], agree), text)
+
+
+def show_runs(store: Store, job_ids: list[int] | None, keys: list[str] | None) -> tuple[Any, Any, str, Any]:
+    """(metric choices, curves figure, sources and MLflow links, the first run's rollout grids)."""
+    ids = [int(j) for j in (job_ids or [])]
+    if not ids:
+        return gr.update(choices=[], value=[]), None, "Pick one or more runs.", []
+    try:
+        runs = [run_curves(store, j) for j in ids]
+    except SlasError as exc:
+        raise _fail(exc) from None
+    available = metric_keys(runs)
+    chosen = [k for k in (keys or []) if k in available] or available[:3]
+    lines = []
+    for r in runs:
+        link = f" · [open in MLflow]({r.mlflow_url})" if r.mlflow_url else ""
+        lines.append(f"- **#{r.job.id} {r.job.name}** ({r.job.status}): {len(r.series)} metrics from {r.source}{link}")
+    return (gr.update(choices=available, value=chosen), curves_figure(runs, chosen), "\n".join(lines),
+            rollout_grids(runs[0].job))
+
+
+def diff_runs(store: Store, a: int | None, b: int | None) -> Any:
+    """The config keys two runs set differently."""
+    if a is None or b is None:
+        return _frame(["config key", "run 1", "run 2"], [])
+    try:
+        ja, jb = store.get_job(int(a)), store.get_job(int(b))
+    except SlasError as exc:
+        raise _fail(exc) from None
+    return _frame(["config key", f"#{ja.id} {ja.name}", f"#{jb.id} {jb.name}"], config_diff(ja, jb))
 
 
 def _frame(header: list[str], rows: list[list[Any]]) -> Any:
@@ -300,4 +355,4 @@ def launch(store: Store, *, host: str = "127.0.0.1", port: int = 7860, logins: l
     return demo
 
 
-__all__ = ["build_app", "export_ratings", "launch", "leaderboard_tables"]
+__all__ = ["build_app", "diff_runs", "export_ratings", "launch", "leaderboard_tables", "show_runs"]
