@@ -295,3 +295,22 @@ def test_bad_pairs_input_fails_in_one_line_before_any_model_loads(edit_set, tiny
             assert line.startswith("error: ") and want in line, (args, line)
     with open_store() as store:
         assert store.list_sample_sets() == []  # nothing was recorded for rejected input
+
+
+def test_reward_score_of_an_editing_set_scores_the_edits_with_their_inputs(in_store, tmp_path):
+    """`slas reward score --images SET`: the inputs/ photos are conditions of their edits, not scored images,
+    and each edit scores what `slas sample --reward` stored for it."""
+    out = in_store["out"]
+    with open_store() as store:
+        stored = {Path(s.image_path).resolve(): s.rewards for s in store.list_samples(in_store["set_id"])}
+    for folder, n in ((out, 12), (out / "01_iter_000001", 6)):
+        scores = tmp_path / f"scores_{n}.jsonl"
+        r = slas("reward", "score", "--images", folder, "--reward", "person_preservation", "--out", scores)
+        assert r.exit_code == 0, err(r)
+        records = [json.loads(line) for line in scores.read_text().splitlines()]
+        assert len(records) == n and not any(rec["image"].startswith("inputs/") for rec in records)
+        for rec in records:
+            want = stored[(folder / rec["image"]).resolve()]["person_preservation"]
+            assert rec["person_preservation"] == pytest.approx(want, abs=1e-5), rec["image"]
+    r = slas("reward", "score", "--images", out / "inputs", "--reward", "person_preservation")
+    assert r.exit_code == 2 and "holds only input photos" in err(r)

@@ -5,7 +5,9 @@ not the float tensor that was rendered), so the numbers are those of the images 
 folder is searched with its subfolders (``slas sample`` writes one per checkpoint) in the sorted order of
 the paths relative to it, the same on every machine. When the folder or a parent holds a sample set's
 manifest (``samples.jsonl``: one ``{"image", "prompt", "seed", "checkpoint"}`` object per image, ``image``
-relative to the manifest's folder), the prompts come from it.
+relative to the manifest's folder), the prompts come from it. An editing set's manifest also names each
+edit's ``person`` and ``product`` photos (copies in the set's ``inputs/``): those are not scored themselves,
+they are passed as the ``person_images`` and ``product_images`` conditions of their edits.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from slas.t2i.prompts import load_prompts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 MANIFEST = "samples.jsonl"
+MANIFEST_CONDITIONS = {"person": "person_images", "product": "product_images"}  # an editing set's inputs
 # what a score record says about its image; every other key is a score
 META_KEYS = ("image", "prompt", "seed", "checkpoint")
 
@@ -111,6 +114,7 @@ class ImageSet:
     prompts: list[str]
     meta: list[dict[str, Any]] = field(default_factory=list)
     prompt_source: str = ""
+    conditions: dict[str, list[Path]] = field(default_factory=dict)  # from the manifest, one path per file
 
     def name(self, i: int) -> str:
         """How the output names image ``i``: its path relative to the scored folder."""
@@ -127,12 +131,18 @@ def image_set(images_dir: str | Path, prompts_file: str | Path | None = None) ->
     if manifest is None:
         raise ScoreError(f"--prompts is needed: no {MANIFEST} in {root} or a parent folder")
     entries = read_manifest(manifest)
+    inputs = {(manifest.parent / str(e[k])).resolve() for e in entries.values() for k in MANIFEST_CONDITIONS if k in e}
+    files = [f for f in files if f.resolve() not in inputs or f.resolve() in entries]  # an edit's inputs are not scored
+    if not files:
+        raise ScoreError(f"{root} holds only input photos of {manifest}; give the set's folder or a checkpoint's")
     missing = next((f for f in files if f.resolve() not in entries), None)
     if missing is not None:
         raise ScoreError(f"{missing} is not in {manifest}: give --prompts")
     rows = [entries[f.resolve()] for f in files]
     meta = [{k: row[k] for k in ("seed", "checkpoint") if k in row} for row in rows]
-    return ImageSet(root, files, [str(row.get("prompt", "")) for row in rows], meta, str(manifest))
+    conditions = {name: [manifest.parent / str(row[key]) for row in rows]
+                  for key, name in MANIFEST_CONDITIONS.items() if all(key in row for row in rows)}
+    return ImageSet(root, files, [str(row.get("prompt", "")) for row in rows], meta, str(manifest), conditions)
 
 
 def _conditions(conditions: dict[str, str | Path] | None, n: int) -> dict[str, list[Path]]:
@@ -152,9 +162,9 @@ def score_images(
     """Score every image of ``images`` with ``reward``, as decoded from its file; one record per image.
 
     Images of one size go through the reward together, in batches of ``batch_size``; conditions are
-    passed as lists of image paths.
+    passed as lists of image paths (a folder given in ``conditions`` overrides the manifest's of that name).
     """
-    cond_files = _conditions(conditions, len(images.files))
+    cond_files = {**images.conditions, **_conditions(conditions, len(images.files))}
     tensors = [load_image(f) for f in images.files]
     by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
