@@ -193,3 +193,16 @@ def test_group_noise_is_independent_of_chunking_and_rank_split(tiny_flux_dir):
     torch.testing.assert_close(one_call.trajectory.latents, two_calls.trajectory.latents, atol=1e-5, rtol=0)
     second_rank = make_policy("flux", tiny_flux_dir).rollout(PROMPTS[1:], group_size=2, seed=11)
     torch.testing.assert_close(second_rank.trajectory.latents, one_call.trajectory.latents[2:], atol=1e-5, rtol=0)
+
+
+def test_lora_adapters_start_the_same_in_every_process(kind_dir):
+    """peft draws LoRA's A from the global RNG; the policy fixes it, so a resumed run (which builds the
+    adapters again, then loads) trains exactly as an uninterrupted one, whatever the caller's RNG state."""
+    kind, path = kind_dir
+    torch.manual_seed(123)
+    first = [p.detach().clone() for p in make_policy(kind, path, finetune="lora").trainable_parameters()]
+    torch.manual_seed(456)
+    second = make_policy(kind, path, finetune="lora").trainable_parameters()
+    assert any(p.abs().sum() > 0 for p in first)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)

@@ -33,6 +33,7 @@ from slas.t2i.sde import gaussian_log_prob, sample_or_score
 from slas.torch_utils import DTYPES, resolve_device
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_INIT_SEED = 0
 
 
 def _seed_for(group: int, sample: int) -> int:
@@ -102,15 +103,13 @@ class DiffusionPolicy(abc.ABC):
         net = self.denoiser
         if model.finetune == "lora":
             lora = model.lora
-            net.add_adapter(
-                LoraConfig(
-                    r=lora.rank,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules),
-                    init_lora_weights="gaussian",
-                )
-            )
+            config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=list(lora.target_modules), init_lora_weights="gaussian")
+            # peft draws A from the global RNG: a fixed seed makes two runs of one config start from the same
+            # adapters, so a resumed run (which re-draws, then loads) trains exactly as an uninterrupted one
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(LORA_INIT_SEED)
+                net.add_adapter(config)
             params = [p for n, p in net.named_parameters() if "lora_" in n]
         else:
             params = list(net.parameters())
