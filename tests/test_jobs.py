@@ -12,13 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
-from safetensors.torch import load_file
 
 from slas.config import load_config
 from slas.platform.db import open_store
@@ -30,29 +28,7 @@ from slas.rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints
 from slas.run import EXIT_CANCELLED, run_training
 from slas.testing.cli import error_text as err
 from slas.testing.cli import run_cli as slas
-
-
-def until(predicate, timeout: float = 180.0, poll: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def submitted_id(result) -> int:
-    assert result.exit_code == 0, err(result) + result.stdout
-    return int(re.search(r"submitted job (\d+)", result.stdout).group(1))
-
-
-def trainable_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted((ckpt / "trainable").rglob("*.safetensors")):
-        out.update({f"{f.relative_to(ckpt)}:{k}": v for k, v in load_file(f).items()})
-    assert out, f"no weights under {ckpt}"
-    return out
+from slas.testing.jobs import submitted_id, trainable_weights, until
 
 
 def log_of(job) -> str:

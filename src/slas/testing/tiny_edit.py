@@ -9,6 +9,9 @@ the tiny Qwen2.5-VL of :mod:`slas.testing.tiny_qwen` as its text (and image-toke
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
@@ -16,6 +19,7 @@ from diffusers import (
     QwenImageEditPlusPipeline,
     QwenImageTransformer2DModel,
 )
+from PIL import Image
 from transformers import Qwen2VLProcessor
 
 from slas.testing.tiny import _seeded, build_tiny_flux_pipeline
@@ -87,3 +91,25 @@ def build_tiny_qwen_edit_pipeline(seed: int = 0) -> QwenImageEditPlusPipeline:
 
 EDIT_BUILDERS = {"flux_kontext": build_tiny_kontext_pipeline, "qwen_image_edit": build_tiny_qwen_edit_pipeline}
 """Tiny edit pipelines by ``model.family`` (``slas.testing.tiny.save_tiny_pipeline`` saves them)."""
+
+
+def write_tiny_pairs(root: str | Path, *, persons: int = 2, products: int = 2, size: int = 64) -> Path:
+    """A small editing dataset on disk, as a user's would be: ``persons/``, ``products/`` (flat-colour photos
+    with a darker mark, distinct per file) and ``pairs.jsonl`` pairing every person with every product
+    (the last product's pairs in the ``test`` split). Returns the pairs file."""
+    root = Path(root)
+    rows = []
+    for kind, count, base in (("persons", persons, (190, 140, 110)), ("products", products, (40, 90, 210))):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            colour = tuple((c + 53 * i) % 256 for c in base)
+            image = Image.new("RGB", (size, size + 8 * i), colour)
+            image.paste(tuple(c // 2 for c in colour), (size // 4, size // 3, size // 2 + 4 * i, size // 2 + 8))
+            image.save(root / kind / f"{kind[:-1]}{i}.png")
+    for p in range(persons):
+        for q in range(products):
+            rows.append({"id": f"p{p}_q{q}", "person": f"persons/person{p}.png", "product": f"products/product{q}.png",
+                         "split": "test" if q == products - 1 else "train"})
+    path = root / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
