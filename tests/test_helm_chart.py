@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,6 @@ def test_lint_strict_passes(name: str | None) -> None:
 def test_lint_reports_a_broken_template(tmp_path: Path) -> None:
     """The lint is real: the same chart with one unbalanced action is an error."""
     broken = tmp_path / "slas"
-    import shutil
-
     shutil.copytree(CHART, broken)
     job = broken / "templates" / "train-job.yaml"
     job.write_text(job.read_text().replace("{{- end }}", "", 1))

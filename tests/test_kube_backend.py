@@ -75,7 +75,7 @@ def test_submit_creates_the_charts_training_objects(kube) -> None:
     assert job["metadata"]["name"] == JOB and job["spec"]["suspend"] is True
     uid = kube.get("jobs", NS, JOB)["metadata"]["uid"]
     for obj in (cm, svc):
-        assert obj["metadata"]["ownerReferences"][0] | {} == {
+        assert obj["metadata"]["ownerReferences"][0] == {
             "apiVersion": "batch/v1", "kind": "Job", "name": JOB, "uid": uid, "controller": False,
             "blockOwnerDeletion": False}
     (patch,) = kube.calls("PATCH", "jobs")
