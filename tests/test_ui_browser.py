@@ -21,7 +21,7 @@ from slas.testing.review import make_review_set
 from slas.ui.app import launch
 from slas.ui.handlers import next_pair, rate
 
-A, B = "base", "slas/iter_40"
+A, B, D = "base", "slas/iter_40", "dancegrpo/iter_40"
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
@@ -46,14 +46,20 @@ def test_rate_a_pair_with_the_keyboard_in_chromium(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     store = open_store(f"sqlite:///{tmp_path / 'slas.db'}")
-    set_id = make_review_set(store, tmp_path / "set", checkpoints=(A, B, "dancegrpo/iter_40"), editing=True,
+    set_id = make_review_set(store, tmp_path / "set", checkpoints=(A, B, D), editing=True,
                              prompts=("hold the bottle in the right hand", "hold the mug with both hands"),
                              seeds=(0, 1, 2), name="editing: base vs slas vs dancegrpo")
-    for rater, choices in (("bob", "bbab"), ("cy", "btba")):  # some earlier ratings for the leaderboard
-        for choice in choices:
-            for a, b in ((A, B), (B, "dancegrpo/iter_40")):
+    rank = {B: 0, A: 1, D: 2}  # earlier ratings for the leaderboard: these raters prefer slas, then base
+    for rater in ("bob", "cy"):
+        for a, b in ((A, B), (B, D), (A, D)):
+            for k in range(3):
                 v = next_pair(store, set_id, a, b, rater)
-                rate(store, set_id, v.left.id, v.right.id, rater=rater, choice={"t": "tie"}.get(choice, choice))
+                better_left = rank[v.left_label] < rank[v.right_label]
+                choice = "tie" if k == 2 and rater == "cy" else "a" if better_left else "b"
+                if D in (a, b) and k == 1 and rater == "cy":
+                    choice = "both_bad"
+                rate(store, set_id, v.left.id, v.right.id, rater=rater, choice=choice,
+                     tags=["duplicate product", "over-saturated"] if D in (v.left_label, v.right_label) else None)
     before = len(store.list_ratings(sample_set_id=set_id))
     port = free_port()
     demo = launch(store, port=port, block=False, quiet=True)
@@ -85,7 +91,9 @@ def test_rate_a_pair_with_the_keyboard_in_chromium(tmp_path):
 
             page.get_by_role("tab", name="Leaderboard").click()
             page.locator("#lb-refresh").click()
-            expect(page.locator("#lb-table")).to_contain_text(B)
+            expect(page.locator("#lb-table")).to_contain_text(D)
+            table = page.locator("#lb-table").inner_text()
+            assert table.index(B) < table.index(A) < table.index(D)  # best Bradley–Terry score first
             expect(page.locator("#lb-raters")).to_contain_text("by 3 rater(s)")
             page.wait_for_timeout(300)
             board = _save(page, "review-leaderboard.png", tmp_path)
