@@ -85,7 +85,7 @@ def test_train_unknown_key_fails_in_one_line(no_heavy_work):
 
 @pytest.mark.parametrize(
     ("override", "expected"),
-    [("sample.eta=0", "error: config error: sample.eta:"), ("rl.power", "error: --set 'rl.power': expected key=value")],
+    [("sample.eta=-1", "error: config error: sample.eta:"), ("rl.power", "error: --set 'rl.power': expected key=value")],
 )
 def test_train_bad_value_or_malformed_set_fails_in_one_line(no_heavy_work, override, expected):
     r = invoke("train", SD, "--set", override)
