@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -104,3 +108,24 @@ def test_cli_refuses_other_addresses_without_logins(monkeypatch):
     monkeypatch.setenv("SLAS_UI_AUTH", "ann:")
     r = run_cli("ui", "--host", "10.1.2.3")
     assert r.exit_code == 2 and "SLAS_UI_AUTH: expected user:password" in error_text(r)
+
+
+def test_slas_ui_serves_the_store_on_loopback(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLAS_UI_AUTH", raising=False)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "slas", "ui", "--port", str(port)], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    status = None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status = _status(f"http://127.0.0.1:{port}/")
+                break
+            except urllib.error.URLError:  # not listening yet
+                time.sleep(0.3)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert status == 200, out
+    assert f"review UI on http://127.0.0.1:{port} (store: " in out
