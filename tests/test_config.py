@@ -180,6 +180,17 @@ def test_override_values_are_typed_as_yaml():
     assert type(data["a"]["b"]) is int and type(data["a"]["c"]) is float and type(data["a"]["g"]) is float
 
 
+def test_overrides_index_lists_such_as_reward_components():
+    data = {"reward": {"components": [{"name": "mllm_judge", "options": {}}, {"name": "clip"}]}}
+    apply_override(data, "reward.components.0.options.model=/models/judge")
+    apply_override(data, "reward.components.1.weight=0.5")
+    assert data["reward"]["components"] == [{"name": "mllm_judge", "options": {"model": "/models/judge"}},
+                                            {"name": "clip", "weight": 0.5}]
+    for bad in ("reward.components.2.weight=1", "reward.components.first.weight=1"):
+        with pytest.raises(ConfigError, match=r"reward\.components is a list of 2; index it with 0\.\.1"):
+            apply_override(data, bad)
+
+
 def test_overrides_reach_the_config_typed():
     c = load_config(SD, ["sample.num_steps=20", "train.lr=3e-6", "sample.shared_noise=false",
                          "train.betas=[0.8, 0.99]", "rl.clip=null", "model.lora.rank=8"])

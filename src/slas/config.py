@@ -532,20 +532,30 @@ def _first_error(err: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+def _list_index(items: list, part: str, key: str, where: str) -> int:
+    """``part`` as an index into an existing list (``reward.components.0.weight``)."""
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"--set {key}: {where} is a list of {len(items)}; index it with 0..{len(items) - 1}")
+    return int(part)
+
+
 def apply_override(data: dict, override: str) -> None:
-    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, bools, lists)."""
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, bools, lists). A number
+    indexes an existing list (``reward.components.0.options.model=/models/judge``)."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected key=value")
     parts = key.strip().split(".")
-    node = data
+    node: Any = data
     for i, part in enumerate(parts[:-1]):
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        where = ".".join(parts[: i + 1])
+        nxt = node[_list_index(node, part, key, ".".join(parts[:i]))] if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(nxt, dict | list):
+            raise ConfigError(f"--set {key}: {where} is not a section")
         node = nxt
+    last = _list_index(node, parts[-1], key, ".".join(parts[:-1])) if isinstance(node, list) else parts[-1]
     try:
-        node[parts[-1]] = load_yaml(raw) if raw.strip() else raw
+        node[last] = load_yaml(raw) if raw.strip() else raw
     except DuplicateKeyError as exc:
         raise ConfigError(f"--set {key}: value {raw!r} names {exc.key!r} twice; keep one") from None
     except yaml.YAMLError as exc:
