@@ -59,6 +59,9 @@ def test_a_rating_lands_in_the_database(served):
     assert (row.rater, row.choice, row.comment, row.tags) == ("ann", "b", "too glossy", ["over-saturated"])
     shown = {s.id: s.checkpoint_label for s in store.list_samples(set_id)}
     assert f"Left was **{shown[row.sample_id]}**, right was **{shown[row.other_sample_id]}**" in out[8]
+    taken = client.predict("ann", api_name="/undo")  # a mis-keyed rating taken back: the same pair again
+    assert taken[:2] == (progress, prompt) and "Took back" in taken[8] and store.list_ratings(sample_set_id=set_id) == []
+    client.predict("ann", "too glossy", ["over-saturated"], api_name="/rate_b")
     # a second rater in another session rates at once; both ratings are kept with their raters
     other = Client(url, verbose=False)
     other.predict("bob", set_id, A, B, api_name="/start")

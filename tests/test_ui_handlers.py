@@ -10,7 +10,7 @@ import pytest
 
 from slas.platform.db import open_store
 from slas.ui.auth import UIAccessError, is_loopback, load_logins, parse_credentials, require_safe_bind
-from slas.ui.handlers import ReviewError, checkpoint_choices, next_pair, pairs_of, rate, reward_rows
+from slas.ui.handlers import ReviewError, checkpoint_choices, next_pair, pairs_of, rate, reward_rows, undo
 from slas.ui.imagefiles import ImageAccessError, checked_path, load_checked, set_roots
 from slas.ui.leaderboard import fit_bradley_terry, rater_agreement, reward_agreement, standings
 
@@ -84,6 +84,20 @@ def test_ratings_keep_rater_comment_tags_and_refuse_forged_pairs(store, set_id):
     with pytest.raises(ReviewError, match="checkpoint 'nope' is not in this set"):
         next_pair(store, set_id, A, "nope", "ann")
     assert len(store.list_ratings(sample_set_id=set_id)) == 1
+
+
+def test_undo_takes_back_only_ones_own_rating_and_shows_the_pair_again(store, set_id):
+    first = next_pair(store, set_id, A, B, "ann")
+    row = rate(store, set_id, first.left.id, first.right.id, rater="ann", choice="a")
+    second = next_pair(store, set_id, A, B, "ann")
+    assert second.position == 1
+    with pytest.raises(ReviewError, match=f"no rating {row.id} by 'bob' to remove"):
+        undo(store, set_id, row.id, rater="bob")
+    back = undo(store, set_id, row.id, rater="ann")
+    assert (back.left.id, back.right.id, back.position, back.total) == (first.left.id, first.right.id, 0, 6)
+    assert store.list_ratings(sample_set_id=set_id) == []
+    with pytest.raises(ReviewError, match="no rating"):
+        undo(store, set_id, row.id, rater="ann")
 
 
 def test_editing_pairs_carry_person_and_product(store, tmp_path):

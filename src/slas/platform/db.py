@@ -549,6 +549,17 @@ class Store:
         return row
 
     @_guarded
+    def delete_rating(self, rating_id: int, *, rater: str) -> Rating:
+        """Remove a rating ``rater`` made (the review UI's undo of a mis-keyed rating); another rater's
+        rating, or one that does not exist, is a :class:`StoreError` and nothing is removed."""
+        with self._write() as s:
+            row = s.get(Rating, rating_id)
+            if row is None or row.rater != rater:
+                raise StoreError(f"no rating {rating_id} by {rater!r} to remove")
+            s.delete(row)
+        return row
+
+    @_guarded
     def list_ratings(self, *, sample_set_id: int | None = None, rater: str | None = None) -> list[Rating]:
         q = select(Rating).order_by(Rating.id)
         if sample_set_id is not None:

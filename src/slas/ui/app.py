@@ -4,7 +4,7 @@ training went (Runs: curves from MLflow, rollout grids, config differences).
 The page only wires components to :mod:`slas.ui.handlers` and :mod:`slas.ui.leaderboard`; every image it
 shows is read through :mod:`slas.ui.imagefiles` and handed to Gradio as pixels, so no request can name a
 file. Keys on the Compare tab (outside text boxes): 1 / A / Left arrow = left better, 2 / B / Right arrow
-= right better, 3 / T = tie, 4 / X = both bad, S = skip.
+= right better, 3 / T = tie, 4 / X = both bad, S = skip, U = undo the last rating.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from slas.ui.handlers import (
     reveal,
     reward_rows,
     set_choices,
+    undo,
 )
 from slas.ui.imagefiles import load_checked, set_roots
 from slas.ui.leaderboard import rater_agreement, reward_agreement, standings
@@ -41,11 +42,13 @@ KEYS_JS = """
 (() => {
   const keys = {"1": "rate-a", "a": "rate-a", "ArrowLeft": "rate-a", "2": "rate-b", "b": "rate-b",
                 "ArrowRight": "rate-b", "3": "rate-tie", "t": "rate-tie", "4": "rate-bad", "x": "rate-bad",
-                "s": "skip-pair"};
+                "s": "skip-pair", "u": "undo"};
   document.addEventListener("keydown", (e) => {
     const t = e.target;
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
-    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
+    const typing = t && (t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable ||
+      (t.tagName === "INPUT" && !["checkbox", "radio", "button", "range"].includes(t.type)));
+    if (typing) return;  // a tag just ticked keeps the focus on its checkbox: keys still rate
     const id = keys[e.key.length === 1 ? e.key.toLowerCase() : e.key];
     if (!id) return;
     const el = document.getElementById(id);
@@ -114,8 +117,9 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                 raise gr.Error("no pair on screen: pick a set and two checkpoints, then Start")
             try:
                 clean_rater(rater)
-                rate(store, state["set_id"], state["left"], state["right"], rater=rater, choice=choice,
-                     comment=comment, tags=tags)
+                row = rate(store, state["set_id"], state["left"], state["right"], rater=rater, choice=choice,
+                           comment=comment, tags=tags)
+                state = dict(state, last_rating=row.id)
                 last = reveal(state["left_label"], state["right_label"], choice)
                 view = next_pair(store, state["set_id"], state["a"], state["b"], rater,
                                  skip=[tuple(p) for p in state.get("skipped", [])])
@@ -136,6 +140,16 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
             return _view_outputs(store, view, state, "Skipped; it comes back when nothing else is left.")
         except SlasError as exc:
             raise _fail(exc) from None
+
+    def take_back(rater: str, state: dict[str, Any], request: gr.Request) -> list[Any]:
+        rater = who(rater, request)
+        if not state or not state.get("last_rating"):
+            raise gr.Error("nothing to undo: no rating made in this session since the last undo")
+        try:
+            view = undo(store, state["set_id"], state["last_rating"], rater=rater)
+        except SlasError as exc:
+            raise _fail(exc) from None
+        return _view_outputs(store, view, dict(state, last_rating=None), "Took back your last rating: rate this pair again.")
 
     def pick_set(set_id: int | None, a: str | None, b: str | None) -> tuple[Any, Any]:
         """The set's checkpoints as the two choices; picks already valid for the set are kept."""
@@ -167,7 +181,7 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
             return gr.update(value=user, interactive=False)
         return gr.update()
 
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 86400)) as demo:  # served copies live a day
         gr.Markdown(f"## {TITLE}: blind side-by-side review")
         with gr.Tab("Compare"):
             state = gr.State(EMPTY_STATE)
@@ -197,6 +211,7 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                 buttons = {c: gr.Button(text, elem_id=BUTTON_IDS[c], variant="primary" if c in "ab" else "secondary")
                            for c, text in CHOICES.items()}
                 skip_btn = gr.Button("Skip [S]", elem_id="skip-pair", variant="secondary")
+                undo_btn = gr.Button("Undo last [U]", elem_id="undo", variant="secondary")
             with gr.Row():
                 tags = gr.CheckboxGroup(list(TAGS), label="Tags (optional)", elem_id="tags", scale=3)
                 comment = gr.Textbox(label="Comment (optional)", elem_id="comment", scale=2)
@@ -204,7 +219,7 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
             rewards = gr.Dataframe(headers=["reward component", "A (left)", "B (right)"], label="Rewards",
                                    interactive=False, elem_id="rewards")
             gr.Markdown("Keys (outside text boxes): 1/A/← left better · 2/B/→ right better · 3/T tie · 4/X both bad · "
-                        "S skip. Checkpoint names are shown after each rating.")
+                        "S skip · U undo last. Checkpoint names are shown after each rating.")
         with gr.Tab("Leaderboard") as lb_tab:
             lb_set = gr.Dropdown(label="Sample set", choices=set_choices(store), value=None, elem_id="lb-set",
                                  allow_custom_value=True)
@@ -243,6 +258,7 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
             btn.click(rate_with(choice), inputs=[rater, comment, tags, state], outputs=[*view_outputs, comment, tags],
                       api_name=f"rate_{choice}")
         skip_btn.click(skip, inputs=[rater, state], outputs=view_outputs, api_name="skip")
+        undo_btn.click(take_back, inputs=[rater, state], outputs=view_outputs, api_name="undo")
         lb_refresh.click(lambda s: leaderboard_tables(store, s), inputs=[lb_set],
                          outputs=[lb_table, lb_rewards, lb_raters], api_name="leaderboard")
         # a tab's components render when it is first opened: it starts on the set picked on Compare

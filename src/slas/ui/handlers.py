@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from slas.errors import SlasError
 from slas.platform.db import Store
+from slas.platform.dberrors import StoreError
 from slas.platform.samplesets import PAIR_CHOICES, checkpoint_labels, get_set
 from slas.platform.schema import Rating, Sample
 from slas.ui.imagefiles import checked_path, set_roots
@@ -165,6 +166,24 @@ def rate(store: Store, set_id: int, left_id: int, right_id: int, *, rater: str |
                             tags=[t.strip() for t in (tags or []) if t and t.strip()] or None)
 
 
+def undo(store: Store, set_id: int, rating_id: int, *, rater: str | None) -> PairView:
+    """Take back the rater's rating ``rating_id`` (a mis-keyed choice) and return its pair, sides as they
+    were shown, to rate again. Only one's own ratings can be taken back."""
+    rater = clean_rater(rater)
+    try:
+        row = store.delete_rating(int(rating_id), rater=rater)
+    except StoreError as exc:
+        raise ReviewError(str(exc)) from None
+    by_id = {s.id: s for s in store.list_samples(get_set(store, set_id).id)}
+    left, right = by_id[row.sample_id], by_id[int(row.other_sample_id or 0)]
+    pairs = pairs_of(list(by_id.values()), left.checkpoint_label, right.checkpoint_label)
+    _, by_rater = rating_counts(store.list_ratings(sample_set_id=set_id))
+    mine = by_rater.get(rater, set())
+    done = sum(1 for x, y in pairs if _pair_id(x.id, y.id) in mine)
+    return PairView(set_id, left, right, position=done, total=len(pairs),
+                    is_editing=bool(left.person_image or left.product_image))
+
+
 def reveal(left_label: str, right_label: str, choice: str) -> str:
     """What the rater learns once the rating is stored: which checkpoint was on which side."""
     said = {"a": "left better", "b": "right better", "tie": "tie", "both_bad": "both bad"}[choice]
@@ -183,5 +202,5 @@ def reward_rows(view: PairView) -> list[list[object]]:
 
 __all__ = [
     "TAGS", "PairView", "ReviewError", "checkpoint_choices", "clean_rater", "next_pair", "pairs_of", "rate",
-    "rating_counts", "reveal", "reward_rows", "set_choices",
+    "rating_counts", "reveal", "reward_rows", "set_choices", "undo",
 ]
