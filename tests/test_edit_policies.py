@@ -172,3 +172,20 @@ def test_prompt_tokens_over_the_limit_are_refused():
     assert padded.shape == (1, 12, 4) and mask.tolist() == [[1] * 10 + [0] * 2]
     with pytest.raises(EditInputError, match=r"10 tokens, over sample\.max_sequence_length=8"):
         pad_tokens(embeds, None, 8)
+
+
+def test_bf16_autocast_and_gradient_checkpointing(family_dir):
+    family, path = family_dir
+    model = ModelConfig(family=family, path=str(path), dtype="bfloat16", gradient_checkpointing=True)
+    sample = SampleConfig(resolution=32, num_steps=3, group_size=2, eta=0.7, condition_size=32, vl_condition_size=32,
+                          max_sequence_length=512 if family == "qwen_image_edit" else 32)
+    policy = CLASSES[family].from_pretrained(model, sample)
+    assert policy.denoiser.is_gradient_checkpointing
+    assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())  # fp32 master weights
+    r = policy.rollout(GROUPS[:1], group_size=2, seed=0)
+    assert r.trajectory.latents.dtype == torch.bfloat16
+    policy.denoiser.train()
+    lp = policy.step_log_prob(r.trajectory, torch.arange(2), 1)
+    torch.testing.assert_close(lp, r.trajectory.log_probs[:, 1], atol=1e-4, rtol=0)
+    (-lp.mean()).backward()
+    assert any(p.grad is not None for p in policy.trainable_parameters())
