@@ -32,7 +32,14 @@ def _chromium() -> str:
     return found
 
 
+def _idle(page) -> None:
+    """Wait until no event is queued or running (Gradio shows 'processing | 0.5s' / 'queue: 1/1' meanwhile)."""
+    page.wait_for_function("() => !/processing \\||queue: \\d/.test(document.body.innerText)")
+    page.wait_for_timeout(300)  # and let images fade in
+
+
 def _save(page, name: str, out: Path) -> Path:
+    _idle(page)
     path = out / name
     page.screenshot(path=str(path), full_page=True)
     extra = os.environ.get("SLAS_UI_SCREENSHOTS")
@@ -85,7 +92,6 @@ def test_rate_a_pair_with_the_keyboard_in_chromium(tmp_path):
             right = store.list_samples(set_id)
             shown = {s.id: s.checkpoint_label for s in right}
             expect(page.locator("#last-rating")).to_contain_text(f"right was {shown[rows[0].other_sample_id]}")
-            page.wait_for_timeout(300)  # let the images finish fading in
             compare = _save(page, "review-compare.png", tmp_path)
 
             page.get_by_role("tab", name="Leaderboard").click()
@@ -94,7 +100,6 @@ def test_rate_a_pair_with_the_keyboard_in_chromium(tmp_path):
             table = page.locator("#lb-table").inner_text()
             assert table.index(B) < table.index(A) < table.index(D)  # best Bradley–Terry score first
             expect(page.locator("#lb-raters")).to_contain_text("by 3 rater(s)")
-            page.wait_for_timeout(300)
             board = _save(page, "review-leaderboard.png", tmp_path)
             browser.close()
     finally:
