@@ -67,6 +67,7 @@ from slas.editing.checks import (
 from slas.errors import SlasError, one_line
 from slas.images import load_image, to_pil
 from slas.rl.protocols import Group
+from slas.rl.sources import EpochSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
@@ -393,7 +394,7 @@ def pairs_jsonl(pairs: Sequence[EditPair], directory: str | Path) -> str:
     return "".join(lines)
 
 
-class EditingSource:
+class EditingSource(EpochSource):
     """The editing :class:`~slas.rl.protocols.DataSource`: pairs drawn epoch by epoch (reshuffled with a seeded
     RNG, as :class:`slas.t2i.prompts.PromptSource`), each a :class:`Group` keyed by its (person, product)
     pair, prompted with its instruction, and carrying ``person_images`` and ``product_images`` (RGB PIL
@@ -403,11 +404,7 @@ class EditingSource:
         if not pairs:
             raise PairsError("EditingSource needs at least one pair")
         self.pairs = list(pairs)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-        self.position = 0
-        self._order = self._make_order()
+        super().__init__(len(self.pairs), shuffle=shuffle, seed=seed)
 
     @classmethod
     def from_path(
@@ -417,41 +414,25 @@ class EditingSource:
         """Check the whole source (:func:`load_pairs`: one error listing every problem), then draw ``split``."""
         return cls(load_pairs(path, split=split, min_size=min_size), shuffle=shuffle, seed=seed)
 
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.pairs)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
     def group(self, pair: EditPair) -> Group:
         """The rollout group of one pair."""
         person, product = pair.images()
         return Group(key=pair.key, prompt=pair.instruction,
                      conditions={"person_images": person, "product_images": product})
 
-    def next(self, k: int) -> list[Group]:
-        out = []
-        for _ in range(k):
-            if self.position >= len(self._order):
-                self.epoch += 1
-                self.position = 0
-                self._order = self._make_order()
-            out.append(self.group(self.pairs[self._order[self.position]]))
-            self.position += 1
-        return out
+    def item_group(self, index: int) -> Group:
+        return self.group(self.pairs[index])
 
     def fingerprint(self) -> str:
         """A short hash of the pairs' keys in order: a resume can tell that the data changed under it."""
         return hashlib.sha256("\n".join(p.key for p in self.pairs).encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "pairs": self.fingerprint()}
+        return {**super().state_dict(), "pairs": self.fingerprint()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = state.get("pairs")
         if saved is not None and saved != self.fingerprint():
             warnings.warn("the editing pairs differ from the checkpoint's (rows added, removed or reordered); "
                           "continuing at the saved position of the new list", RuntimeWarning, stacklevel=2)
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self._order = self._make_order()
+        super().load_state_dict(state)

@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from slas.config import read_text_file
 from slas.errors import SlasError
 from slas.rl.protocols import Group
+from slas.rl.sources import EpochSource
 
 _DEFAULT_FIELDS = ("prompt", "prompt_en", "text", "caption")
 _FORMATS = ".txt (one prompt a line), .jsonl (one JSON object a line) or .csv (with a header row)"
@@ -89,7 +87,7 @@ def _field_values(p: Path, rows: list[dict], field: str | None) -> list[str]:
     return [str(r[key]).strip() for r in rows]
 
 
-class PromptSource:
+class PromptSource(EpochSource):
     """The text-to-image :class:`~slas.rl.protocols.DataSource`: prompts drawn epoch by epoch (reshuffled
     with a seeded RNG), each a group keyed by its position in the prompt file (so two lines with the same
     text are two items); the position in the epoch is checkpointable."""
@@ -98,38 +96,11 @@ class PromptSource:
         if not prompts:
             raise ValueError("PromptSource needs at least one prompt")
         self.prompts = list(prompts)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-        self.position = 0
-        self._order = self._make_order()
+        super().__init__(len(self.prompts), shuffle=shuffle, seed=seed)
 
     @classmethod
     def from_file(cls, path: str | Path, field: str | None = None, *, shuffle: bool = True, seed: int = 0) -> PromptSource:
         return cls(load_prompts(path, field), shuffle=shuffle, seed=seed)
 
-    def _make_order(self) -> list[int]:
-        order = list(range(len(self.prompts)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def next(self, k: int) -> list[Group]:
-        out = []
-        for _ in range(k):
-            if self.position >= len(self._order):
-                self.epoch += 1
-                self.position = 0
-                self._order = self._make_order()
-            index = self._order[self.position]
-            out.append(Group(key=str(index), prompt=self.prompts[index]))
-            self.position += 1
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self._order = self._make_order()
+    def item_group(self, index: int) -> Group:
+        return Group(key=str(index), prompt=self.prompts[index])
