@@ -71,6 +71,10 @@ def test_a_rating_lands_in_the_database(served):
         other.predict("", "", [], api_name="/rate_a")
     table, _agree, summary = client.predict(set_id, api_name="/leaderboard")
     assert {r[0] for r in table["data"]} == {A, B} and "2 ratings by 2 rater(s)" in summary
+    with pytest.raises(Exception, match="sample set 'abc' is not an id"):
+        client.predict("ann", "abc", A, B, api_name="/start")
+    with pytest.raises(Exception, match="no sample set with id 999"):
+        client.predict("ann", 999, A, B, api_name="/start")
     exported = client.predict(set_id, "jsonl", api_name="/export_ratings")
     with open(exported, encoding="utf-8") as fh:
         assert fh.read().count("\n") == 2

@@ -9,6 +9,7 @@ file. Keys on the Compare tab (outside text boxes): 1 / A / Left arrow = left be
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,19 @@ def _fail(exc: Exception) -> gr.Error:
     return gr.Error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def _plain(text: str) -> str:
+    """``text`` shown literally inside Markdown (a prompt's ``*`` or ``<`` is not formatting)."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~-])", r"\\\1", text)
+
+
+def _set_id(value: Any, what: str = "sample set") -> int:
+    """An id from a dropdown that also takes typed values."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{what} {value!r} is not an id") from None
+
+
 def _view_outputs(store: Store, view: PairView | None, state: dict[str, Any], last: str) -> list[Any]:
     """Values for (state, progress, prompt, person, product, left, right, slider, rewards, last)."""
     if view is None:
@@ -85,7 +99,7 @@ def _view_outputs(store: Store, view: PairView | None, state: dict[str, Any], la
     product = load_checked(view.left.product_image, roots) if view.left.product_image else None
     state = dict(state, left=view.left.id, right=view.right.id, left_label=view.left_label, right_label=view.right_label)
     progress = f"Pair {view.position + 1} of {view.total} · {view.total - view.position - 1} left after this one"
-    prompt = f"**{'Instruction' if view.is_editing else 'Prompt'}:** {view.left.prompt}  ·  seed {view.left.seed}"
+    prompt = f"**{'Instruction' if view.is_editing else 'Prompt'}:** {_plain(view.left.prompt)}  ·  seed {view.left.seed}"
     return [state, progress, prompt, gr.update(value=person, visible=person is not None),
             gr.update(value=product, visible=product is not None), left, right, (left, right), reward_rows(view), last]
 
@@ -105,8 +119,8 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
         if set_id is None or not a or not b:
             raise gr.Error("pick a sample set and two checkpoints")
         try:
-            state = {"set_id": int(set_id), "a": a, "b": b, "skipped": []}
-            return _view_outputs(store, next_pair(store, int(set_id), a, b, rater), state, "")
+            state = {"set_id": _set_id(set_id), "a": a, "b": b, "skipped": []}
+            return _view_outputs(store, next_pair(store, state["set_id"], a, b, rater), state, "")
         except SlasError as exc:
             raise _fail(exc) from None
 
@@ -147,16 +161,17 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
             raise gr.Error("nothing to undo: no rating made in this session since the last undo")
         try:
             view = undo(store, state["set_id"], state["last_rating"], rater=rater)
+            return _view_outputs(store, view, dict(state, last_rating=None),
+                                 "Took back your last rating: rate this pair again.")
         except SlasError as exc:
             raise _fail(exc) from None
-        return _view_outputs(store, view, dict(state, last_rating=None), "Took back your last rating: rate this pair again.")
 
     def pick_set(set_id: int | None, a: str | None, b: str | None) -> tuple[Any, Any]:
         """The set's checkpoints as the two choices; picks already valid for the set are kept."""
         if set_id is None:
             return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
         try:
-            labels = checkpoint_choices(store, int(set_id))
+            labels = checkpoint_choices(store, _set_id(set_id))
         except SlasError as exc:
             raise _fail(exc) from None
         a = a if a in labels else (labels[0] if labels else None)
@@ -283,7 +298,7 @@ def leaderboard_tables(store: Store, set_id: int | None) -> tuple[list[list[Any]
     if set_id is None:
         return [], [], "Pick a sample set."
     try:
-        sset = get_set(store, int(set_id))
+        sset = get_set(store, _set_id(set_id))
     except SlasError as exc:
         raise _fail(exc) from None
     samples = {s.id: s for s in store.list_samples(sset.id)}
@@ -305,7 +320,7 @@ def leaderboard_tables(store: Store, set_id: int | None) -> tuple[list[list[Any]
 
 def show_runs(store: Store, job_ids: list[int] | None, keys: list[str] | None) -> tuple[Any, Any, str, Any]:
     """(metric choices, curves figure, sources and MLflow links, the first run's rollout grids)."""
-    ids = [int(j) for j in (job_ids or [])]
+    ids = [_set_id(j, "run") for j in (job_ids or [])]
     if not ids:
         return gr.update(choices=[], value=[]), None, "Pick one or more runs.", []
     try:
@@ -327,7 +342,7 @@ def diff_runs(store: Store, a: int | None, b: int | None) -> Any:
     if a is None or b is None:
         return _frame(["config key", "run 1", "run 2"], [])
     try:
-        ja, jb = store.get_job(int(a)), store.get_job(int(b))
+        ja, jb = store.get_job(_set_id(a, "run")), store.get_job(_set_id(b, "run"))
     except SlasError as exc:
         raise _fail(exc) from None
     return _frame(["config key", f"#{ja.id} {ja.name}", f"#{jb.id} {jb.name}"], config_diff(ja, jb))
@@ -349,7 +364,7 @@ def export_ratings(store: Store, set_id: int | None, fmt: str) -> str:
     if set_id is None:
         raise gr.Error("pick a sample set to export")
     try:
-        sset = get_set(store, int(set_id))
+        sset = get_set(store, _set_id(set_id))
         samples = {s.id: s for s in store.list_samples(sset.id)}
         folder = Path(tempfile.mkdtemp(prefix="slas-ratings-"))
         rows = rating_rows(store.list_ratings(sample_set_id=sset.id), samples, folder)
