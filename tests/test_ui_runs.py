@@ -50,7 +50,9 @@ def test_curves_come_from_mlflow_and_fall_back_to_metrics_jsonl(store, tmp_path,
 
     a = run_curves(store, tracked.id, tracking_uri=session_mlflow_uri)
     assert a.source == "mlflow" and a.series["reward/mean"] == [(1, 0.2), (2, 0.4), (3, pytest.approx(0.6)), (4, 0.8)]
-    assert a.mlflow_url is None  # a SQLite store has no UI address
+    assert a.mlflow_url is None  # a SQLite store has no UI address, unless one is given
+    served = run_curves(store, tracked.id, tracking_uri=session_mlflow_uri, ui_url="http://mlflow.team:5000")
+    assert served.mlflow_url == f"http://mlflow.team:5000/#/experiments/{exp}/runs/{run.info.run_id}"
     b = run_curves(store, offline.id, tracking_uri=session_mlflow_uri)
     assert b.source.startswith("metrics.jsonl") and b.series["loss"][-1] == (3, pytest.approx(1 / 3))
     assert metric_keys([a, b])[:2] == ["reward/mean", "eval/geneval/overall"]

@@ -104,8 +104,9 @@ def _view_outputs(store: Store, view: PairView | None, state: dict[str, Any], la
             gr.update(value=product, visible=product is not None), left, right, (left, right), reward_rows(view), last]
 
 
-def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
-    """The review app over ``store`` (not launched). ``login_required``: the rater name is the login."""
+def build_app(store: Store, *, login_required: bool = False, mlflow_ui: str | None = None) -> gr.Blocks:
+    """The review app over ``store`` (not launched). ``login_required``: the rater name is the login;
+    ``mlflow_ui``: the MLflow UI's address for run links (default: the tracking URI when it is a server)."""
 
     def who(rater: str, request: gr.Request | None) -> str:
         """The rater a rating is stored under: the login when logins are on (a page cannot rate as someone
@@ -283,7 +284,7 @@ def build_app(store: Store, *, login_required: bool = False) -> gr.Blocks:
                       outputs=[lb_table, lb_rewards, lb_raters], api_name=False)
         runs_tab.select(lambda: [gr.update(choices=run_choices(store))] * 3, outputs=[run_sel, diff_a, diff_b],
                         api_name=False)
-        runs_btn.click(lambda ids, keys: show_runs(store, ids, keys), inputs=[run_sel, metric_sel],
+        runs_btn.click(lambda ids, keys: show_runs(store, ids, keys, mlflow_ui=mlflow_ui), inputs=[run_sel, metric_sel],
                        outputs=[metric_sel, curves, runs_info, grids], api_name="runs")
         for dd in (diff_a, diff_b):
             dd.change(lambda a, b: diff_runs(store, a, b), inputs=[diff_a, diff_b], outputs=[diff_tbl],
@@ -318,13 +319,14 @@ def leaderboard_tables(store: Store, set_id: int | None) -> tuple[list[list[Any]
     return (_frame(header, rows), _frame(["reward component", "agrees with people", "decisive pairs"], agree), text)
 
 
-def show_runs(store: Store, job_ids: list[int] | None, keys: list[str] | None) -> tuple[Any, Any, str, Any]:
+def show_runs(store: Store, job_ids: list[int] | None, keys: list[str] | None, *,
+              mlflow_ui: str | None = None) -> tuple[Any, Any, str, Any]:
     """(metric choices, curves figure, sources and MLflow links, the first run's rollout grids)."""
     ids = [_set_id(j, "run") for j in (job_ids or [])]
     if not ids:
         return gr.update(choices=[], value=[]), None, "Pick one or more runs.", []
     try:
-        runs = [run_curves(store, j) for j in ids]
+        runs = [run_curves(store, j, ui_url=mlflow_ui) for j in ids]
     except SlasError as exc:
         raise _fail(exc) from None
     available = metric_keys(runs)
@@ -376,9 +378,9 @@ def export_ratings(store: Store, set_id: int | None, fmt: str) -> str:
 
 
 def launch(store: Store, *, host: str = "127.0.0.1", port: int = 7860, logins: list[tuple[str, str]] | None = None,
-           block: bool = True, quiet: bool = False) -> gr.Blocks:
+           block: bool = True, quiet: bool = False, mlflow_ui: str | None = None) -> gr.Blocks:
     """Serve the app (the caller has checked the bind address against the logins: :mod:`slas.ui.auth`)."""
-    demo = build_app(store, login_required=bool(logins))
+    demo = build_app(store, login_required=bool(logins), mlflow_ui=mlflow_ui)
     demo.queue(default_concurrency_limit=8)
     demo.launch(server_name=host, server_port=port, auth=logins or None, prevent_thread_lock=not block,
                 quiet=quiet, show_error=True, footer_links=["api"], css=CSS, head=KEYS_JS,

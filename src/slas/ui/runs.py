@@ -66,7 +66,7 @@ def mlflow_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | N
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def _from_mlflow(job: Job, tracking_uri: str) -> tuple[dict[str, list[tuple[int, float]]], str | None]:
+def _from_mlflow(job: Job, tracking_uri: str, ui_url: str | None) -> tuple[dict[str, list[tuple[int, float]]], str | None]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -75,16 +75,19 @@ def _from_mlflow(job: Job, tracking_uri: str) -> tuple[dict[str, list[tuple[int,
     for key in sorted(run.data.metrics):
         points = sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run.info.run_id, key))
         series[key] = [(s, v) for s, v in points if math.isfinite(v)]
-    return series, mlflow_ui_url(tracking_uri, run.info.experiment_id, run.info.run_id)
+    return series, mlflow_ui_url(ui_url or tracking_uri, run.info.experiment_id, run.info.run_id)
 
 
-def run_curves(store: Store, job_id: int, *, tracking_uri: str | None = None) -> RunCurves:
-    """The job's metric histories, from MLflow when it can answer, else from ``metrics.jsonl``."""
+def run_curves(store: Store, job_id: int, *, tracking_uri: str | None = None, ui_url: str | None = None) -> RunCurves:
+    """The job's metric histories, from MLflow when it can answer, else from ``metrics.jsonl``.
+
+    ``ui_url``: the MLflow UI's address as a browser reaches it, when it is not the tracking URI (a server
+    tracked through an in-cluster name, or a SQLite store served by ``mlflow ui``)."""
     job = store.get_job(int(job_id))
     uri = tracking_uri or default_tracking_uri()
     if job.mlflow_run_id:
         try:
-            series, url = _from_mlflow(job, uri)
+            series, url = _from_mlflow(job, uri, ui_url)
             return RunCurves(job, "mlflow", series, url)
         except Exception as exc:  # any MLflow failure: the run's own file still has the numbers
             reason = one_line(exc, with_type=True)
