@@ -22,7 +22,7 @@ from PIL import Image
 from slas.config import reward_config
 from slas.images import quantize, to_pil
 from slas.preflight import PreflightError, preflight_reward
-from slas.rewards import build
+from slas.rewards import CompositeReward, build
 from slas.rewards.remote import RemoteReward, RemoteRewardWarning, check_url, encode_request, health
 from slas.rewards.serve import RewardServer, ServeError
 from slas.rl.trainer import Trainer
@@ -125,6 +125,8 @@ def test_the_server_answers_every_component_and_the_total(served):
     assert set(answer["scores"]) == {"vividness", "person_preservation", "total"}
     assert answer["scores"]["person_preservation"] == pytest.approx([1.0, 1.0], abs=1e-5)
     assert answer["components"] == ["vividness", "person_preservation"] and answer["n"] == 2
+    assert answer["parts"] == [{"vividness": answer["scores"]["vividness"]},
+                               {"person_preservation": answer["scores"]["person_preservation"]}]
     status, answer = _post(served, {"prompts": ["a"], "images": ["not base64!"]}, TOKEN)
     assert status == 400 and "images[0]" in answer["error"]
     status, answer = _post(served, {**body, "prompts": ["a"]}, TOKEN)
@@ -157,7 +159,7 @@ def test_refuses_to_start_on_a_non_loopback_address_without_a_token(tmp_path, mo
     result = run_cli("reward", "serve", spec, "--port", "0", "--host", "0.0.0.0", "--token-file", empty)
     assert result.exit_code != 0 and "is empty" in error_text(result)
     with pytest.raises(ServeError, match="without a token"):
-        RewardServer(lambda *a, **k: {}, [], host="0.0.0.0")
+        RewardServer(CompositeReward([("n", 1.0, lambda *a, **k: {})]), host="0.0.0.0")
 
 
 def test_preflight_checks_the_url_and_warns_when_the_server_is_not_up(served, monkeypatch):
@@ -184,7 +186,7 @@ class _Gate:
     def __call__(self, images, prompts, **conditions):
         self.sizes.append(images.shape[0])
         self.release.wait(20)
-        return {"brightness": images.mean((1, 2, 3)), "total": images.mean((1, 2, 3))}
+        return {"brightness": images.mean((1, 2, 3))}
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> None:
@@ -197,7 +199,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:
 
 def test_requests_are_batched_and_the_queue_is_bounded():
     gate = _Gate()
-    server = RewardServer(gate, ["brightness"], max_queue=2, batch_size=8, timeout=30).start()
+    server = RewardServer(CompositeReward([("brightness", 1.0, gate)]), max_queue=2, batch_size=8, timeout=30).start()
     try:
         bodies = [encode_request(_batch(2, seed=i), ["a", "b"], {"group_ids": torch.tensor([0, 1])}) for i in range(4)]
         answers: dict[int, tuple[int, dict]] = {}
@@ -229,7 +231,7 @@ def test_requests_are_batched_and_the_queue_is_bounded():
 
 def test_a_request_past_its_timeout_is_answered_504_and_scores_nan():
     gate = _Gate()
-    server = RewardServer(gate, ["brightness"], timeout=0.3).start()
+    server = RewardServer(CompositeReward([("brightness", 1.0, gate)]), timeout=0.3).start()
     try:
         started = time.monotonic()
         status, answer = _post(server.url, encode_request(_batch(1), ["a"], {}))
@@ -257,10 +259,10 @@ def test_a_failing_merged_call_is_retried_request_by_request():
             raise ValueError("cannot score 'bad'")
         return {"n": torch.full((images.shape[0],), float(len(prompts)))}
 
-    server = RewardServer(picky, ["n"], batch_size=8)
+    server = RewardServer(CompositeReward([("n", 1.0, picky)]), batch_size=8)
     jobs = [_parse(encode_request(_batch(1, seed=i), [p], {})) for i, p in enumerate(["ok", "bad", "ok"])]
     server._score(jobs)
-    assert jobs[0].result == {"n": [1.0]} and jobs[2].result == {"n": [1.0]}
+    assert jobs[0].result["scores"] == {"n": [1.0], "total": [1.0]} and jobs[2].result["parts"] == [{"n": [1.0]}]
     assert jobs[1].result is None and "cannot score 'bad'" in jobs[1].error
     server.close()
 
@@ -323,3 +325,21 @@ def test_image_conditions_travel_as_png():
     assert job.conditions["target"] == [0.5] and job.conditions["group_ids"].tolist() == [3]
     with pytest.raises(ValueError, match="condition 'model'"):
         encode_request(_batch(1), ["a"], {"model": object()})
+
+
+def test_a_remote_component_returns_the_served_components_own_keys():
+    """A one-criterion judge labels its output by the component's name, but weights are by its key: the
+    remote component returns the key, so ``weight: {presence: 2}`` weighs the same remotely and locally."""
+    def judge(images, prompts, **conditions):
+        return {"presence": images.mean((1, 2, 3))}
+
+    server = RewardServer(CompositeReward([("judge", 1.0, judge)])).start()
+    try:
+        images = _batch(3)
+        local = CompositeReward([("judge", {"presence": 2.0}, judge)])(images, ["a"] * 3)
+        remote = build({"components": [{"name": "judge", "backend": "remote", "url": server.url,
+                                        "weight": {"presence": 2.0}}]})(images, ["a"] * 3)
+        assert torch.allclose(remote["total"], local["total"], atol=1e-6) and bool((local["total"] > 0).all())
+        assert torch.allclose(remote["judge"], local["judge"], atol=1e-6)
+    finally:
+        server.close()

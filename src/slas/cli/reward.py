@@ -111,7 +111,7 @@ def serve(
     preflight_reward(config)
     reward = build(config)
     try:
-        server = RewardServer(reward, [c.name for c in config.components], host=host, port=port,
+        server = RewardServer(reward, host=host, port=port,
                               batch_size=batch_size, max_queue=max_queue, timeout=timeout, token=token)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

@@ -85,18 +85,34 @@ class CompositeReward:
         self.normalize = normalize
 
     def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
-        group_ids = conditions.get("group_ids")
-        if self.normalize == "group_zscore" and group_ids is None:
+        return self.combine(self.parts(images, prompts, **conditions), images.shape[0], conditions.get("group_ids"))
+
+    def parts(self, images: Tensor, prompts: list[str], **conditions: Any) -> list[dict[str, Tensor]]:
+        """Each component's outputs under its own keys (float CPU ``[N]``), in component order.
+
+        The reward server (:mod:`slas.rewards.serve`) sends these, so a remote component returns exactly
+        what the local one would, keys included.
+        """
+        if self.normalize == "group_zscore" and conditions.get("group_ids") is None:
             raise ValueError("normalize='group_zscore' needs the group_ids condition")
-        out: dict[str, Tensor] = {}
-        total = torch.zeros(images.shape[0], dtype=torch.float32)
-        for name, weight, reward in self.components:
-            parts = reward(images, prompts, **conditions)
+        out = []
+        for name, _, reward in self.components:
+            parts = {key: value.detach().float().cpu().reshape(-1)
+                     for key, value in reward(images, prompts, **conditions).items()}
             for key, value in parts.items():
-                label = name if len(parts) == 1 else f"{name}/{key}"
-                value = value.detach().float().cpu().reshape(-1)
                 if value.shape[0] != images.shape[0]:
+                    label = name if len(parts) == 1 else f"{name}/{key}"
                     raise ValueError(f"reward {label!r} returned {value.shape[0]} values for {images.shape[0]} images")
+            out.append(parts)
+        return out
+
+    def combine(self, parts: list[dict[str, Tensor]], n: int, group_ids: Tensor | None = None) -> dict[str, Tensor]:
+        """Every component's outputs labelled ``name`` (one output) or ``name/key``, plus the weighted ``"total"``."""
+        out: dict[str, Tensor] = {}
+        total = torch.zeros(n, dtype=torch.float32)
+        for (name, weight, _), outputs in zip(self.components, parts, strict=True):
+            for key, value in outputs.items():
+                label = name if len(outputs) == 1 else f"{name}/{key}"
                 w = weight.get(key, 0.0) if isinstance(weight, Mapping) else weight
                 out[label] = value
                 term = group_zscore(value, group_ids) if self.normalize == "group_zscore" else value

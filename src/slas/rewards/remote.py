@@ -42,8 +42,10 @@ Wire format (``POST {url}/score``, JSON; ``Authorization: Bearer <token>`` when 
 Conditions whose name ends in ``_images`` are image batches (a tensor ``[N, 3, H, W]`` in [0, 1] or
 lists of PIL images, tensors or paths; sent as PNG, decoded by the server to lists of RGB PIL
 images); ``group_ids`` arrives as a long tensor; any other condition must be JSON (tensors are sent as
-lists). The answer is ``{"scores": {label: [float | null] * N, "total": [...]}, "components": [...]}``
-(``null`` for a non-finite score; labels as :class:`~slas.rewards.registry.CompositeReward` names them).
+lists). The answer is ``{"scores": {label: [float | null] * N, "total": [...]}, "parts": [{key: [...]}],
+"components": [...], "n": N}`` (``null`` for a non-finite score; ``scores`` labelled as
+:class:`~slas.rewards.registry.CompositeReward` labels them; ``parts``: each served component's outputs
+under its own keys, in the order of ``components``, which is what a remote component returns).
 """
 
 from __future__ import annotations
@@ -349,17 +351,17 @@ class RemoteReward:
         return {key: torch.full((n,), math.nan) for key in self.keys}
 
     def _parts(self, answer: Mapping[str, Any], n: int) -> dict[str, Tensor]:
-        """This component's outputs from the server's labelled scores (``name`` or ``name/key``)."""
-        scores = answer.get("scores")
-        if not isinstance(scores, Mapping):
-            raise RemoteRewardError("the server's answer has no scores")
-        prefix = f"{self.name}/"
-        parts = {self.name: scores[self.name]} if self.name in scores else {
-            label[len(prefix):]: values for label, values in scores.items() if label.startswith(prefix)}
-        if not parts:
-            raise RemoteRewardError(f"the server serves {answer.get('components')}, not {self.name!r}")
+        """This component's outputs, under its own keys, from the server's ``parts`` (see the module docstring)."""
+        components, parts = answer.get("components"), answer.get("parts")
+        if not isinstance(components, list) or not isinstance(parts, list) or len(parts) != len(components):
+            raise RemoteRewardError("the server's answer has no per-component parts")
+        if self.name not in components:
+            raise RemoteRewardError(f"the server serves {components}, not {self.name!r}")
+        outputs = parts[components.index(self.name)]
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise RemoteRewardError(f"the server's answer has no outputs for {self.name!r}")
         out = {}
-        for key, values in parts.items():
+        for key, values in outputs.items():
             if not isinstance(values, list) or len(values) != n:
                 raise RemoteRewardError(f"the server returned a bad score list for {key!r} ({n} images sent)")
             out[key] = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)

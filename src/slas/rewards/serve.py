@@ -4,9 +4,10 @@ A stdlib :class:`~http.server.ThreadingHTTPServer` (one thread per connection, n
 front of ONE scoring thread that owns the reward (so a GPU judge is never called concurrently):
 
 * ``POST /score``: the JSON body of :func:`slas.rewards.remote.encode_request`; answers
-  ``{"scores": {label: [float | null], "total": [...]}, "components": [...], "n": N}``: every component's
-  outputs (labelled as :class:`~slas.rewards.registry.CompositeReward` labels them) and the served
-  spec's weighted total;
+  ``{"scores": {label: [float | null], "total": [...]}, "parts": [{key: [...]}, ...], "components": [...],
+  "n": N}``: every component's outputs labelled as :class:`~slas.rewards.registry.CompositeReward`
+  labels them, the served spec's weighted total, and each component's outputs under its own keys
+  (``parts``, in the order of ``components``: what a ``backend: remote`` component returns);
 * ``GET /health``: ``{"status": "ok", "components", "queued", "scoring", "auth"}`` (``auth``: whether
   the request's token is accepted; /health itself needs none, so a load balancer can probe it).
 
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,7 @@ import torch
 from torch import Tensor
 
 from slas.errors import SlasError, one_line
+from slas.rewards.registry import CompositeReward
 from slas.rewards.remote import IMAGE_SUFFIX, RemoteRewardError, decode_image
 
 __all__ = ["MAX_BODY_BYTES", "RewardServer", "ServeError", "check_bind", "is_loopback"]
@@ -88,7 +90,7 @@ class _Job:
     conditions: dict[str, Any]
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, list[float | None]] | None = None
+    result: dict[str, Any] | None = None
     error: str | None = None
     abandoned: bool = False
 
@@ -164,19 +166,19 @@ def _as_json(values: Tensor) -> list[float | None]:
 class RewardServer:
     """A reward behind HTTP: the batching queue, the scoring thread and the HTTP threads (see the module docstring).
 
-    ``reward`` is any ``reward(images, prompts, **conditions) -> dict[str, Tensor]`` (a built composite);
-    ``components`` are the names /health reports. ``start()`` serves in background threads (tests);
+    ``reward`` is a built :class:`~slas.rewards.registry.CompositeReward` (``slas.rewards.build(spec)``);
+    its component names are what /health reports. ``start()`` serves in background threads (tests);
     ``serve_forever()`` serves in the calling thread until ``close()`` or Ctrl-C.
     """
 
-    def __init__(self, reward: Callable[..., Mapping[str, Tensor]], components: list[str], *, host: str = "127.0.0.1",
+    def __init__(self, reward: CompositeReward, *, host: str = "127.0.0.1",
                  port: int = 0, batch_size: int = 16, max_queue: int = 16, timeout: float = 300.0,
                  token: str | None = None) -> None:
         check_bind(host, token)
         if batch_size < 1 or max_queue < 1 or not timeout > 0:
             raise ServeError(f"batch_size and max_queue must be >= 1 and timeout > 0 (got {batch_size}, {max_queue}, "
                              f"{timeout})")
-        self.reward, self.components = reward, list(components)
+        self.reward, self.components = reward, [name for name, _, _ in reward.components]
         self.batch_size, self.max_queue, self.timeout, self.token = batch_size, max_queue, float(timeout), token
         self._pending: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -288,7 +290,8 @@ class RewardServer:
         try:
             self.calls += 1
             images, prompts, conditions = _merge(batch)
-            out = self.reward(images, prompts, **conditions)
+            parts = self.reward.parts(images, prompts, **conditions)
+            scores = self.reward.combine(parts, images.shape[0], conditions.get("group_ids"))
         except Exception as exc:  # (a reward's failure is answered, never kills the server)
             if len(batch) > 1:
                 for job in batch:
@@ -298,7 +301,9 @@ class RewardServer:
             return
         start = 0
         for job in batch:
-            job.result = {label: _as_json(values[start : start + job.n]) for label, values in out.items()}
+            cut = slice(start, start + job.n)
+            job.result = {"scores": {label: _as_json(values[cut]) for label, values in scores.items()},
+                          "parts": [{key: _as_json(values[cut]) for key, values in p.items()} for p in parts]}
             start += job.n
 
     def authorized(self, header: str | None) -> bool:
@@ -369,7 +374,7 @@ def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
                 status = HTTPStatus.SERVICE_UNAVAILABLE if server._stopped else HTTPStatus.INTERNAL_SERVER_ERROR
                 self._send(status, {"error": job.error or "not scored"})
                 return
-            self._send(HTTPStatus.OK, {"scores": job.result, "components": server.components, "n": job.n})
+            self._send(HTTPStatus.OK, {**job.result, "components": server.components, "n": job.n})
 
         def _read_body(self) -> Any:
             """The JSON body, or None after answering 411/413/400."""
