@@ -343,3 +343,28 @@ def test_a_remote_component_returns_the_served_components_own_keys():
         assert torch.allclose(remote["judge"], local["judge"], atol=1e-6)
     finally:
         server.close()
+
+
+def test_one_request_per_batch_and_a_refilled_buffer_is_a_new_batch():
+    calls = []
+
+    def judge(images, prompts, **conditions):
+        calls.append(images.shape[0])
+        return {"presence": images.mean((1, 2, 3)), "interaction": images.amax((1, 2, 3))}
+
+    server = RewardServer(CompositeReward([("judge", 1.0, judge), ("bright", 1.0, judge)])).start()
+    try:
+        spec = {"components": [{"name": "judge", "backend": "remote", "url": server.url},
+                               {"name": "bright", "backend": "remote", "url": server.url}]}
+        reward = build(spec)
+        buffer = _batch(2, seed=0)
+        first = reward(buffer, ["a", "b"], group_ids=torch.tensor([0, 1]))
+        assert calls == [2, 2]  # one request: the server scored both of its components once
+        assert set(first) == {"judge/presence", "judge/interaction", "bright/presence", "bright/interaction", "total"}
+        buffer.copy_(_batch(2, seed=1))  # the same tensor object, refilled
+        second = reward(buffer, ["a", "b"], group_ids=torch.tensor([0, 1]))
+        assert calls == [2, 2, 2, 2]
+        assert not torch.allclose(first["judge/presence"], second["judge/presence"])
+        assert torch.allclose(second["judge/presence"], buffer.mean((1, 2, 3)), atol=1e-6)
+    finally:
+        server.close()

@@ -274,8 +274,9 @@ class RemoteSession:
     The composite calls its components one after another with the same ``images``, ``prompts`` and
     conditions; the first remote component's call sends the request and the others on the same server
     reuse its answer (or its failure: a dead server costs one timeout per batch, and one warning line,
-    however many of its components the spec names). The last batch is recognised by identity (the
-    session holds references to it, so no other batch can take its place).
+    however many of its components the spec names). The last batch is recognised by content: equal
+    image tensors and prompts, and the same condition objects (a caller that refills one buffer in place
+    gets a fresh request).
     """
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 1) -> None:
@@ -285,12 +286,11 @@ class RemoteSession:
         self.retries = int(retries)
         self.batches = 0  # batches sent
         self.failures = 0  # batches that scored NaN
-        self._last: tuple[tuple[Tensor, list[str], dict[str, Any]], dict[str, Any] | None] | None = None
+        self._last: tuple[tuple, dict[str, Any] | None] | None = None
 
     def answer(self, images: Tensor, prompts: list[str], conditions: Mapping[str, Any]) -> dict[str, Any] | None:
         """The server's answer for this batch (cached for the batch), or None after a failure (warned once)."""
-        batch = (images, prompts, dict(conditions))
-        if self._last is not None and _same_batch(self._last[0], batch):
+        if self._last is not None and _same_batch(self._last[0], images, prompts, conditions):
             return self._last[1]
         self.batches += 1
         body = encode_request(images, prompts, conditions)  # a bad condition is the caller's bug: it raises
@@ -309,14 +309,36 @@ class RemoteSession:
             warnings.warn(f"remote reward server {self.url}: batch {self.batches} ({images.shape[0]} images) scored NaN "
                           f"after {self.retries + 1} tr{'y' if self.retries == 0 else 'ies'}: {_reason(error)}",
                           RemoteRewardWarning, stacklevel=3)
-        self._last = (batch, answer)
+        self._last = (_snapshot(images, prompts, conditions), answer)
         return answer
 
 
-def _same_batch(a: tuple[Tensor, list[str], dict[str, Any]], b: tuple[Tensor, list[str], dict[str, Any]]) -> bool:
-    """Whether two calls carry the very same objects (how a composite calls each of its components)."""
-    return (a[0] is b[0] and a[1] is b[1] and a[2].keys() == b[2].keys()
-            and all(a[2][k] is b[2][k] for k in a[2]))
+def _snapshot(images: Tensor, prompts: list[str], conditions: Mapping[str, Any]) -> tuple:
+    """What :func:`_same_batch` compares a later call with: copies of the images, prompts and condition lists."""
+    cond = {k: v.detach().clone() if isinstance(v, Tensor) else list(v) if isinstance(v, (list, tuple)) else v
+            for k, v in conditions.items()}
+    return images.detach().clone(), list(prompts), cond
+
+
+def _same_batch(last: tuple, images: Tensor, prompts: list[str], conditions: Mapping[str, Any]) -> bool:
+    """Whether a call carries the batch of :func:`_snapshot` ``last`` (as a composite calls each component)."""
+    last_images, last_prompts, last_cond = last
+    if last_images.shape != images.shape or list(prompts) != last_prompts or last_cond.keys() != conditions.keys():
+        return False
+    if not torch.equal(last_images, images.detach().to(last_images.device)):
+        return False
+    for k, v in conditions.items():
+        old = last_cond[k]
+        if isinstance(v, Tensor):
+            if not (isinstance(old, Tensor) and old.shape == v.shape and torch.equal(old, v.detach())):
+                return False
+        elif isinstance(v, (list, tuple)):
+            if len(v) != len(old) or any(a is not b and not (isinstance(a, (str, int, float)) and a == b)
+                                         for a, b in zip(old, v, strict=True)):
+                return False
+        elif v is not old and v != old:
+            return False
+    return True
 
 
 class RemoteReward:
