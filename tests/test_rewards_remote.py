@@ -30,6 +30,7 @@ from slas.testing.cli import error_text, run_cli
 from slas.testing.fakes import PairSource, WalkPolicy, walk_config
 
 TOKEN = "s3cret-token"
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # as the client: no $HTTP_PROXY
 SERVED = {"components": [{"name": "vividness"},
                          {"name": "person_preservation", "weight": 0.5, "options": {"resolution": 32}}]}
 
@@ -80,7 +81,7 @@ def _post(url: str, body: dict, token: str | None = None, timeout: float = 30) -
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(f"{url}/score", data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with DIRECT.open(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

@@ -29,8 +29,9 @@ tries the server again. The remote components of one spec on the same server (sa
 and retries) share a :class:`RemoteSession`: ONE request per batch scores all of them (the server
 scores its whole spec anyway), and a dead server costs one timeout and one warning per batch.
 
-Preflight (:func:`preflight_remote`) checks that the URL is well formed and the token file is
-readable (errors); it then asks the server's ``/health`` with a short timeout: a server that is not
+Connections are direct (``$HTTP_PROXY`` / ``$HTTPS_PROXY`` are not used); https URLs work (a TLS
+proxy in front of the server). Preflight (:func:`preflight_remote`) checks that the URL is well formed
+and the token file is readable (errors); it then asks the server's ``/health`` with a short timeout: a server that is not
 up yet only warns (it may start after the run), a server that is up but does not serve the
 component, or refuses the token, is an error.
 
@@ -89,6 +90,9 @@ __all__ = [
 
 DEFAULT_TOKEN_ENV = "SLAS_REWARD_TOKEN"
 HEALTH_TIMEOUT = 3.0  # seconds: preflight must not hang on a server that is not there
+# Direct connections only: $HTTP_PROXY would route the judge's traffic (and its token) through a proxy, and
+# a proxy that does not exempt loopback turns a local server into a "down" one.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 IMAGE_SUFFIX = "_images"
 
 
@@ -206,7 +210,7 @@ def _request(url: str, *, body: dict | None, token: str | None, timeout: float) 
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body is not None else "GET")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _DIRECT.open(req, timeout=timeout) as resp:
             payload = resp.read()
     except urllib.error.HTTPError as exc:
         raise RemoteRewardError(f"HTTP {exc.code}: {_server_message(exc)}") from None
