@@ -200,9 +200,11 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:
 
 def test_requests_are_batched_and_the_queue_is_bounded():
     gate = _Gate()
-    server = RewardServer(CompositeReward([("brightness", 1.0, gate)]), max_queue=2, batch_size=8, timeout=30).start()
+    server = RewardServer(CompositeReward([("brightness", 1.0, gate)]), max_queue=3, batch_size=8, timeout=30).start()
     try:
-        bodies = [encode_request(_batch(2, seed=i), ["a", "b"], {"group_ids": torch.tensor([0, 1])}) for i in range(4)]
+        sizes = [24, 24, 16, 24, 24]  # request 2 has other image sizes: it cannot join 1 and 3
+        batches = [_batch(2, seed=i, size=size) for i, size in enumerate(sizes)]
+        bodies = [encode_request(b, ["a", "b"], {"group_ids": torch.tensor([0, 1])}) for b in batches]
         answers: dict[int, tuple[int, dict]] = {}
 
         def send(i: int) -> None:
@@ -211,19 +213,19 @@ def test_requests_are_batched_and_the_queue_is_bounded():
         threads = [threading.Thread(target=send, args=(0,))]
         threads[0].start()
         _wait_for(lambda: server.status()["scoring"] == 1)  # request 0 is being scored (blocked)
-        for i in (1, 2):
+        for i in (1, 2, 3):
             threads.append(threading.Thread(target=send, args=(i,)))
             threads[-1].start()
-        _wait_for(lambda: server.status()["queued"] == 2)
-        status, answer = _post(server.url, bodies[3])  # two wait already: refused at once
+            _wait_for(lambda i=i: server.status()["queued"] == i)  # in this order
+        status, answer = _post(server.url, bodies[4])  # three wait already: refused at once
         assert status == 503 and "queue is full" in answer["error"]
         gate.release.set()
         for t in threads:
             t.join(20)
-        assert [answers[i][0] for i in range(3)] == [200, 200, 200]
-        assert gate.sizes == [2, 4]  # requests 1 and 2 waited together and were scored in one call
-        for i in range(3):
-            expected = _batch(2, seed=i).mean((1, 2, 3)).tolist()
+        assert [answers[i][0] for i in range(4)] == [200, 200, 200, 200]
+        assert gate.sizes == [2, 4, 2]  # 1 and 3 waited together and were scored in one call; 2 alone
+        for i in range(4):
+            expected = batches[i].mean((1, 2, 3)).tolist()
             assert answers[i][1]["scores"]["brightness"] == pytest.approx(expected, abs=1e-6)
     finally:
         gate.release.set()

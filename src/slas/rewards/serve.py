@@ -81,7 +81,7 @@ class BadRequest(SlasError, ValueError):
     """A request the server cannot score (400); one line naming the field."""
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (deque.remove), never by their tensors
 class _Job:
     """One scoring request between its handler thread and the scoring thread."""
 
