@@ -371,3 +371,18 @@ def test_one_request_per_batch_and_a_refilled_buffer_is_a_new_batch():
         assert torch.allclose(second["judge/presence"], buffer.mean((1, 2, 3)), atol=1e-6)
     finally:
         server.close()
+
+
+def test_the_scoring_thread_survives_its_own_failures(monkeypatch):
+    server = RewardServer(CompositeReward([("bright", 1.0, lambda images, prompts, **c: {"b": images.mean((1, 2, 3))})]))
+    server.start()
+    try:
+        real = server._score
+        monkeypatch.setattr(server, "_score", lambda batch: (_ for _ in ()).throw(RuntimeError("boom")))
+        status, answer = _post(server.url, encode_request(_batch(1), ["a"], {}))
+        assert status == 500 and "scoring failed: RuntimeError: boom" in answer["error"]
+        monkeypatch.setattr(server, "_score", real)
+        status, answer = _post(server.url, encode_request(_batch(1), ["a"], {}))
+        assert status == 200 and answer["scores"]["bright"] == pytest.approx(_batch(1).mean().item(), abs=1e-6)
+    finally:
+        server.close()

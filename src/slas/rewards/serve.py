@@ -279,6 +279,10 @@ class RewardServer:
         while (batch := self._take_batch()) is not None:
             try:
                 self._score(batch)
+            except Exception as exc:  # a bug here must not leave every later request waiting for a dead thread
+                for job in batch:
+                    job.error = f"scoring failed: {one_line(exc, with_type=True)}"
+                print(f"slas reward serve: {batch[0].error}", file=sys.stderr, flush=True)
             finally:
                 with self._cond:
                     self._scoring = 0
