@@ -383,6 +383,6 @@ def test_the_scoring_thread_survives_its_own_failures(monkeypatch):
         assert status == 500 and "scoring failed: RuntimeError: boom" in answer["error"]
         monkeypatch.setattr(server, "_score", real)
         status, answer = _post(server.url, encode_request(_batch(1), ["a"], {}))
-        assert status == 200 and answer["scores"]["bright"] == pytest.approx(_batch(1).mean().item(), abs=1e-6)
+        assert status == 200 and answer["scores"]["bright"] == pytest.approx([_batch(1).mean().item()], abs=1e-6)
     finally:
         server.close()
