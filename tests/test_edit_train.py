@@ -16,11 +16,11 @@ from slas.config import config_from_dict
 from slas.editing.nft import DiffusionNFTObjective
 from slas.platform.db import open_store
 from slas.platform.jobs import pid_alive
-from slas.rl.checkpoint import MARKER, latest_checkpoint
+from slas.rl.checkpoint import latest_checkpoint
 from slas.rl.objectives import GRPOObjective
 from slas.run import build_trainer
 from slas.testing.cli import run_cli as slas
-from slas.testing.jobs import submitted_id, trainable_weights, until
+from slas.testing.jobs import kill_after_checkpoint, submitted_id, trainable_weights, wait_finished
 from slas.testing.tiny_edit import write_tiny_pairs
 
 SAMPLE = {"resolution": 32, "num_steps": 4, "group_size": 2, "prompts_per_iter": 2, "condition_size": 32,
@@ -98,17 +98,10 @@ def test_sigkilled_editing_job_resumes_to_the_uninterrupted_weights(pairs_file, 
     victim = submitted_id(slas("jobs", "submit", "edit.yaml", *sets, "--set", "run.name=killed"))
     store = open_store()
     try:
-        vjob = store.get_job(victim)
-        ckpts = Path(vjob.run_dir) / "checkpoints"
-        until(lambda: (ckpts / "iter_000002" / MARKER).is_file(), what="the victim's second checkpoint")
-        os.killpg(vjob.pid, signal.SIGKILL)
-        until(lambda: not pid_alive(vjob.pid), what="the killed process to go")
-        killed_at = int(latest_checkpoint(ckpts).name[5:])
+        killed_at = int(kill_after_checkpoint(store, victim, 2).name[5:])
         assert 2 <= killed_at < n, "the job finished before it could be killed"
         assert slas("jobs", "resume", str(victim)).exit_code == 0
-        done = ("completed", "failed")
-        vjob = until(lambda: (j := store.get_job(victim)).status in done and j, poll=0.5, what="the resumed job")
-        rjob = until(lambda: (j := store.get_job(ref)).status in done and j, poll=0.5, what="the reference job")
+        vjob, rjob = wait_finished(store, victim), wait_finished(store, ref)
         assert vjob.status == rjob.status == "completed"
     finally:
         for j in store.list_jobs():

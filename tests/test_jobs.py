@@ -28,7 +28,7 @@ from slas.rl.checkpoint import MARKER, latest_checkpoint, list_checkpoints
 from slas.run import EXIT_CANCELLED, run_training
 from slas.testing.cli import error_text as err
 from slas.testing.cli import run_cli as slas
-from slas.testing.jobs import submitted_id, trainable_weights, until
+from slas.testing.jobs import kill_after_checkpoint, submitted_id, trainable_weights, until
 
 
 def log_of(job) -> str:
@@ -214,12 +214,8 @@ def test_sigkilled_job_resumes_to_the_same_weights_as_an_uninterrupted_run(workd
     victim = submitted_id(slas("jobs", "submit", "tiny.yaml", *sets, "--set", "run.name=killed"))
     store = open_store()
     try:
-        vjob = store.get_job(victim)
-        ckpts = Path(vjob.run_dir) / "checkpoints"
-        until(lambda: (ckpts / "iter_000003" / MARKER).is_file(), what="the victim's third checkpoint")
-        os.killpg(vjob.pid, signal.SIGKILL)
-        until(lambda: not pid_alive(vjob.pid), what="the killed process to go")
-        killed_at = latest_checkpoint(ckpts)
+        killed_at = kill_after_checkpoint(store, victim, 3)
+        ckpts = killed_at.parent
         assert 3 <= int(killed_at.name[5:]) < n, "the job finished before it could be killed"
 
         # `list` notices the process is gone without an end state
