@@ -53,7 +53,7 @@ def _two_by_eight() -> dict[str, Any]:
         "training": {
             "nodes": 2, "gpusPerNode": 8, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            "priorityClassName": "training-high", "shmSize": "128Gi",
+            "priorityClassName": "training-high", "shmSize": "128Gi", "accelerateConfig": "configs/accelerate/fsdp.yaml",
         },
         "postgresql": {"enabled": True, "passwordSecret": {"name": "slas-postgres", "key": "password"}},
         "ui": {"authSecret": {"name": "slas-ui", "key": "auth"}},
@@ -238,13 +238,25 @@ def test_services_only_release_renders_no_run() -> None:
 def test_job_arguments_follow_the_run_values() -> None:
     args_of = {name: _by_kind(_render(VALUE_SETS[name]()), "Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
                for name in TRAINING_SETS}
-    assert "--multi_gpu" not in args_of["one_node"]  # one process: no distributed launcher flags
-    assert "--multi_gpu" in args_of["two_by_eight"]
+    assert "--config_file=configs/accelerate/ddp.yaml" in args_of["one_node"]  # the chart's default strategy
+    assert "--config_file=configs/accelerate/fsdp.yaml" in args_of["two_by_eight"]
+    assert not any("--multi_gpu" in args for args in args_of.values())
     assert "--job-id=17" in args_of["two_by_eight"]
     lora = args_of["lora"]
     assert "--config_file=configs/accelerate/ddp.yaml" in lora and "--multi_gpu" not in lora
     assert lora[-3:] == ["--resume", "--set=model.finetune=lora", "--set=train.lr=3e-4"]
     assert not any(a.startswith("--job-id") for a in args_of["one_node"])
+
+
+def test_accelerate_config_default_is_shipped_and_empty_falls_back() -> None:
+    """The chart's default accelerate config is a file the image holds (configs/ is copied to /opt/slas, the
+    working directory); without one, accelerate's multi-GPU defaults."""
+    default = yaml.safe_load((CHART / "values.yaml").read_text())["training"]["accelerateConfig"]
+    assert (ROOT / default).is_file()
+    values = _two_by_eight()
+    values["training"]["accelerateConfig"] = ""
+    args = _by_kind(_render(values), "Job")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--multi_gpu" in args and not any(a.startswith("--config_file") for a in args)
 
 
 def test_run_config_configmap_is_the_config_and_loads() -> None:

@@ -35,7 +35,7 @@ from slas.platform.tracking import MLflowTracker, TeeTracker, TrackingError, mak
 from slas.policies import load_policy
 from slas.preflight import preflight
 from slas.rewards import build
-from slas.rl import distributed
+from slas.rl import distributed, parallel
 from slas.rl.callbacks import IterationLog, RewardJudgeCorrelation
 from slas.rl.checkpoint import latest_checkpoint, list_checkpoints, remove_orphans
 from slas.rl.protocols import Callback, Objective
@@ -95,6 +95,11 @@ def build_trainer(
     logged steps are mistaken for this run's.
     """
     rank, _ = distributed.init_from_env()
+    strategy = parallel.strategy_from_env()
+    strategy.check(config.trainer_config())
+    if config.eval is not None and not strategy.one_rank_forward:
+        raise parallel.StrategyError(f"{strategy.name}: the eval section runs the model on rank 0 alone, which "
+                                     "sharded weights do not allow; drop it or launch with configs/accelerate/ddp.yaml")
     if not checked:
         preflight(config)
         if resume:
@@ -112,7 +117,8 @@ def build_trainer(
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         tracker = _run_tracker(config, mlflow_run_id if resume else None)
     trainer = Trainer(config.trainer_config(), policy, reward, data, objective=build_objective(config.train),
-                      tracker=tracker, callbacks=callbacks, checkpoint_metadata={"config": config.model_dump(mode="json")})
+                      tracker=tracker, callbacks=callbacks, checkpoint_metadata={"config": config.model_dump(mode="json")},
+                      strategy=strategy)
     if resume:
         try:
             trainer.load_checkpoint()

@@ -78,6 +78,32 @@ class Policy(Protocol):
 
 
 @runtime_checkable
+class ShardablePolicy(Protocol):
+    """A policy whose trainable weights live in one torch module, so a data-parallel strategy
+    (``slas.rl.parallel``: DDP, FSDP, DeepSpeed) can wrap or shard it without knowing the model.
+
+    The strategy wraps ``trainable_module()`` (DDP, a DeepSpeed engine) or shards it in place (FSDP2) and
+    calls ``use_trainable_module(wrapper)`` around the optimizer steps, so training forwards go through the
+    wrapper; ``None`` goes back to the module itself (rollouts, references) and collects the trainable
+    parameters again (sharding replaces them). With sharded weights the strategy gathers the module's full
+    state dict and passes it to ``save_trainable``; ``read_trainable`` returns the state dict a checkpoint
+    holds (full fine-tunes), which the strategy scatters into the shards.
+    """
+
+    def trainable_module(self) -> torch.nn.Module: ...
+
+    def use_trainable_module(self, module: torch.nn.Module | None) -> None: ...
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def save_trainable(self, directory: Path, state_dict: Mapping[str, Tensor] | None = None) -> None: ...
+
+    def load_trainable(self, directory: Path) -> None: ...
+
+    def read_trainable(self, directory: Path) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
 class DataSource(Protocol):
     """Where groups come from: draws are deterministic given the seed, and the position is checkpointable."""
 

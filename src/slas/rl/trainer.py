@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from slas.config import TrainerConfig
 from slas.errors import SlasError, one_line
 from slas.images import make_grid
-from slas.rl import distributed
+from slas.rl import distributed, parallel
 from slas.rl.advantages import compute_advantages, zero_std_group_ratio
 from slas.rl.callbacks import held_out_overall
 from slas.rl.checkpoint import CheckpointDamaged, list_checkpoints, save_checkpoint, verify_checkpoint
@@ -95,7 +95,8 @@ class Trainer:
     """One run of GRPO-style post-training (``config.rl`` picks DanceGRPO or SLAS advantages).
 
     ``objective`` defaults to :class:`~slas.rl.objectives.GRPOObjective` built from ``config.train``;
-    ``checkpoint_metadata`` (e.g. the whole run config) is stored in every checkpoint's
+    ``strategy`` (how ranks share the work: DDP, FSDP, DeepSpeed) defaults to the one the launcher asked for
+    (:func:`slas.rl.parallel.strategy_from_env`); ``checkpoint_metadata`` (e.g. the whole run config) is stored in every checkpoint's
     ``trainer_state.json`` for tools that read checkpoints later.
     """
 
@@ -110,6 +111,7 @@ class Trainer:
         tracker: Tracker | None = None,
         callbacks: Sequence[Callback] = (),
         checkpoint_metadata: Mapping[str, Any] | None = None,
+        strategy: parallel.Strategy | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -130,13 +132,15 @@ class Trainer:
         self.checkpoint_metadata = dict(checkpoint_metadata or {})
         self.run_dir = Path(config.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        params = policy.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay)
+        self.strategy = strategy if strategy is not None else parallel.strategy_from_env()
+        self.strategy.check(config)
+        self.optimizer = self.strategy.prepare(policy, lambda params: torch.optim.AdamW(
+            params, lr=config.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay))
         self.ema = None
         if t.ema.enabled:
             from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(params, decay=t.ema.decay)
+            self.ema = EMAModel(policy.trainable_parameters(), decay=t.ema.decay)
         self.iteration = 0
         self.timers: dict[str, float] = defaultdict(float)
         self.rank, self.world = distributed.rank_and_world()
@@ -237,40 +241,52 @@ class Trainer:
         maxima: dict[str, float] = {}
         grad_norms = []
         skipped = 0
+        strategy = self.strategy
+        with strategy.training(self.policy):
+            params = self.policy.trainable_parameters()
+            for u, batches in enumerate(updates):
+                samples = sum(len(m) for m in batches)
+                for b, idx in enumerate(batches):
+                    idx = idx.to(device)
+                    terms = self.objective.losses(self.policy, rollout, adv_dev, idx, plan, update=u)
+                    # only the step's last backward synchronises gradients (DDP's no_sync, DeepSpeed's boundary)
+                    for j in range(plan.terms):
+                        strategy.before_forward(b == len(batches) - 1 and j == plan.terms - 1)
+                        loss, stats = next(terms, (None, None))
+                        if loss is None:
+                            raise SlasError(f"{type(self.objective).__name__}.losses yielded {j} terms; its plan "
+                                            f"said {plan.terms}")
+                        # each sample's loss is averaged over its terms and the optimizer step's samples
+                        strategy.backward(loss * len(idx) / (samples * plan.terms))
+                        for key, value in stats.items():
+                            if key in self.objective.max_stats:
+                                maxima[key] = max(maxima.get(key, value), value)
+                            else:
+                                sums[key] += value
+                                counts[key] += 1
+                    if next(terms, None) is not None:
+                        raise SlasError(f"{type(self.objective).__name__}.losses yielded more than plan.terms="
+                                        f"{plan.terms} terms")
+                strategy.reduce_gradients(params)  # every rank then holds the same gradients and decides alike
+                norm = strategy.clip_grad_norm(params, cfg.max_grad_norm)
+                if norm is not None and not math.isfinite(norm):
+                    strategy.zero_grad(self.optimizer)  # a non-finite loss or gradient: the update is skipped, counted
+                    skipped += 1
+                    continue
+                strategy.step(self.optimizer)
+                if norm is None:  # DeepSpeed's engine clips (and measures) inside its step
+                    norm = strategy.grad_norm_after_step()
+                grad_norms.append(norm)
+                strategy.zero_grad(self.optimizer)
+                if self.ema is not None:
+                    self.ema.step(params)
         params = self.policy.trainable_parameters()
-        for u, batches in enumerate(updates):
-            samples = sum(len(m) for m in batches)
-            for idx in batches:
-                idx = idx.to(device)
-                for loss, stats in self.objective.losses(self.policy, rollout, adv_dev, idx, plan, update=u):
-                    # each sample's loss is averaged over its terms and the optimizer step's samples
-                    (loss * len(idx) / (samples * plan.terms)).backward()
-                    for key, value in stats.items():
-                        if key in self.objective.max_stats:
-                            maxima[key] = max(maxima.get(key, value), value)
-                        else:
-                            sums[key] += value
-                            counts[key] += 1
-            distributed.average_gradients(params)  # every rank then holds the same gradients and decides alike
-            if cfg.max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            else:
-                norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            if not torch.isfinite(norm):  # a non-finite loss or gradient: this update is skipped, and counted
-                self.optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
-            grad_norms.append(float(norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.step(params)
         out = {key: v / counts[key] for key, v in sums.items()}
         out.update(maxima)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["optimizer_steps"] = float(len(updates) - skipped)
         out["skipped_updates"] = float(skipped)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+        if not strategy.all_finite(params):
             raise TrainingDiverged(f"training diverged: trainable weights are non-finite in iteration {self.iteration + 1} "
                                    "(lower train.lr or set train.max_grad_norm); no checkpoint of them was written")
         return distributed.mean_over_ranks(out)  # with several ranks: the mean of each rank's figure
@@ -353,20 +369,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Rank 0 writes; the other ranks wait for it (every rank holds the same weights)."""
+        """Rank 0 writes; the other ranks wait for it. With sharded weights every rank first takes part in
+        gathering the full weights and optimizer state for rank 0."""
         path = self.ckpt_dir / f"iter_{self.iteration:06d}"
+        weights = self.strategy.trainable_state(self.policy)
+        optimizer = self.strategy.optimizer_state(self.optimizer, self.policy)
         if self.rank == 0:
-            path = self._write_checkpoint()
+            path = self._write_checkpoint(weights, optimizer)
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path)
         distributed.barrier()
         self._saved_iteration = self.iteration
         return path
 
-    def _write_checkpoint(self) -> Path:
+    def _write_checkpoint(self, weights: Mapping[str, Tensor] | None, optimizer: Any) -> Path:
         def write(tmp: Path) -> None:
-            self.policy.save_trainable(tmp / "trainable")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            if weights is None:
+                self.policy.save_trainable(tmp / "trainable")
+            else:
+                self.policy.save_trainable(tmp / "trainable", state_dict=weights)
+            torch.save(optimizer, tmp / "optimizer.pt")
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), tmp / "ema.pt")
             if self._sampling_objective:
@@ -406,8 +428,8 @@ class Trainer:
                               RuntimeWarning, stacklevel=2)
 
     def _load(self, path: Path) -> None:
-        _named(path / "trainable", self.policy.load_trainable)
-        self.optimizer.load_state_dict(_tensors(path / "optimizer.pt"))
+        _named(path / "trainable", lambda p: self.strategy.load_trainable(self.policy, p))
+        self.strategy.load_optimizer_state(self.optimizer, self.policy, _tensors(path / "optimizer.pt"))
         if self.ema is not None and (path / "ema.pt").is_file():
             self.ema.load_state_dict(_tensors(path / "ema.pt"))
         if self._sampling_objective and (path / "objective.pt").is_file():

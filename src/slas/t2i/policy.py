@@ -123,6 +123,7 @@ class DiffusionPolicy(abc.ABC):
         if keep_reference and model.finetune == "full":
             self._reference = copy.deepcopy(net).to(self.dtype).requires_grad_(False).eval()
         self._keep_reference = keep_reference
+        self._train_module: torch.nn.Module | None = None  # a DDP/DeepSpeed wrapper of the denoiser while training
         self.num_steps = sample.num_steps
 
     # ------------------------------------------------------------------ loading
@@ -253,6 +254,17 @@ class DiffusionPolicy(abc.ABC):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return self._params
 
+    def trainable_module(self) -> torch.nn.Module:
+        """The denoiser: what a data-parallel strategy wraps or shards (``slas.rl.protocols.ShardablePolicy``)."""
+        return self.denoiser
+
+    def use_trainable_module(self, module: torch.nn.Module | None) -> None:
+        """Training forwards go through ``module`` (a wrapper of the denoiser); ``None``: the denoiser itself,
+        and the trainable parameters are collected again (FSDP replaced them with sharded ones)."""
+        self._train_module = module
+        if module is None:
+            self._params = [p for p in self.denoiser.parameters() if p.requires_grad]
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
@@ -264,7 +276,7 @@ class DiffusionPolicy(abc.ABC):
     def _net(self, reference: bool) -> Iterator[torch.nn.Module]:
         net = self.denoiser
         if not reference:
-            yield net
+            yield net if self._train_module is None else self._train_module
             return
         if not self._keep_reference:
             raise RuntimeError("this policy was built without keep_reference=True; no reference model")
@@ -306,15 +318,48 @@ class DiffusionPolicy(abc.ABC):
         return self.step_distribution(trajectory, indices, step)[2]
 
     # ------------------------------------------------------------------ checkpoints
-    def save_trainable(self, directory: Path) -> None:
-        """Full fine-tune: ``<component>/`` in diffusers format; LoRA: diffusers LoRA weights file."""
+    def save_trainable(self, directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        """Full fine-tune: ``<component>/`` in diffusers format; LoRA: diffusers LoRA weights file.
+
+        ``state_dict``: the denoiser's full state dict when its weights are sharded over ranks (FSDP, ZeRO-3
+        gather it for rank 0); by default the module's own.
+        """
         directory = Path(directory)
         net = self.denoiser
         if self.model_cfg.finetune == "lora":
-            layers = get_peft_model_state_dict(net)
+            layers = get_peft_model_state_dict(net, state_dict=state_dict)
             self.pipeline_class.save_lora_weights(directory, **{f"{self.component}_lora_layers": layers})
-        else:
+        elif state_dict is None:
             net.save_pretrained(directory / self.component, safe_serialization=True)
+        else:  # the same files save_pretrained writes, from the gathered weights
+            from huggingface_hub import save_torch_state_dict
+
+            net.save_config(directory / self.component)
+            save_torch_state_dict({k: v.contiguous() for k, v in state_dict.items()}, directory / self.component,
+                                  filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size="10GB")
+
+    def read_trainable(self, directory: Path) -> dict[str, Tensor]:
+        """What a checkpoint holds, keyed by the denoiser's own parameter names: its full state dict (full
+        fine-tune) or its adapter weights (LoRA; peft's file omits the adapter name the module's names carry).
+        A strategy that must copy weights in place (DeepSpeed) or scatter them (FSDP) loads these."""
+        if self.model_cfg.finetune == "lora":
+            saved = load_file(Path(directory) / LORA_FILE)
+            prefix = f"{self.component}."
+            state = {}
+            for name, param in self.denoiser.named_parameters():
+                if param.requires_grad:
+                    key = prefix + name.replace(".default", "")
+                    if key not in saved:
+                        raise ValueError(f"{Path(directory) / LORA_FILE}: no {key}")
+                    state[name] = saved[key]
+            return state
+        files = sorted((Path(directory) / self.component).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no {self.component} weights under {directory}")
+        state = {}
+        for f in files:
+            state.update(load_file(f))
+        return state
 
     def load_trainable(self, directory: Path) -> None:
         directory = Path(directory)
@@ -327,13 +372,7 @@ class DiffusionPolicy(abc.ABC):
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"{directory / LORA_FILE}: unexpected LoRA keys {result.unexpected_keys[:3]}")
         else:
-            files = sorted((directory / self.component).glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"no {self.component} weights under {directory}")
-            state = {}
-            for f in files:
-                state.update(load_file(f))
-            net.load_state_dict(state, strict=True)
+            net.load_state_dict(self.read_trainable(directory), strict=True)
         cast_training_params(net, torch.float32)
 
 
