@@ -187,3 +187,33 @@ def test_nonfinite_rewards_are_masked_and_counted(tiny_sd_dir, tmp_path):
         unregister("test_sometimes_nan")
     assert metrics["reward/nonfinite"] == 1
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_a_batch_without_any_finite_reward_does_not_move_the_weights(tiny_sd_dir, tmp_path):
+    """A remote judge down for a whole batch: the update is skipped and counted, not an AdamW step on zero
+    gradients (which would still move the weights through momentum and weight decay)."""
+    calls = []
+
+    @register("test_down_then_up")
+    def factory():
+        def reward(images, prompts, **_):
+            calls.append(1)
+            v = images.mean(dim=(1, 2, 3)).clone()
+            return {"v": v if len(calls) == 1 else torch.full_like(v, float("nan"))}
+
+        return reward
+
+    try:
+        cfg = tiny_config("sd", tiny_sd_dir, tmp_path, train__weight_decay=0.1)
+        cfg.reward.components[0].name = "test_down_then_up"
+        trainer = build_trainer(cfg)
+        first = trainer.step()
+        before = [p.detach().clone() for p in trainer.policy.trainable_parameters()]
+        second = trainer.step()
+    finally:
+        unregister("test_down_then_up")
+    assert first["optimizer_steps"] == 2 and first["skipped_updates"] == 0
+    assert second["reward/nonfinite"] == 6
+    assert second["optimizer_steps"] == 0 and second["skipped_updates"] == 2  # 6 samples / 2 per batch / 2 accum
+    for a, b in zip(trainer.policy.trainable_parameters(), before, strict=True):
+        assert torch.equal(a, b)

@@ -210,7 +210,11 @@ class Trainer:
         metrics.update(shaping_diagnostics(total, adv_all, group_ids, near_flat_std=rl.near_flat_std))
         self.last_batch = ShapedBatch(total, adv_all, group_ids)  # for callbacks that look at the rule's output
         with self._timed("train"):
-            metrics.update(self._update(rollout, adv))
+            if torch.isfinite(total).any():
+                metrics.update(self._update(rollout, adv))
+            else:  # no finite reward in the whole batch (e.g. a remote judge down): nothing to learn from, and a
+                # step on zero gradients would still move the weights (AdamW's momentum and weight decay)
+                metrics.update(optimizer_steps=0.0, skipped_updates=float(self._updates_per_iteration(n_local)))
             if self._sampling_objective:
                 self.objective.after_iteration(self.policy, int(metrics["optimizer_steps"]))
         self.iteration += 1
@@ -222,6 +226,12 @@ class Trainer:
         for name, seconds in self.timers.items():
             metrics[f"time/{name}"] = seconds
         return metrics
+
+    def _updates_per_iteration(self, n: int) -> int:
+        """Optimizer steps an iteration of ``n`` local samples takes: micro-batches of ``train.batch_size``,
+        ``gradient_accumulation_steps`` of them per step."""
+        cfg = self.config.train
+        return math.ceil(math.ceil(n / cfg.batch_size) / cfg.gradient_accumulation_steps)
 
     def _update(self, rollout: Rollout, adv: Tensor) -> dict[str, float]:
         """Micro-batches of ``train.batch_size`` samples, ``gradient_accumulation_steps`` per optimizer step;
