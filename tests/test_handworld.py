@@ -125,3 +125,30 @@ def test_scores_agree_with_verdicts_and_inputs_may_be_tensors(world, correct_ver
     assert judge(list(p[:3]), list(q[:3]), list(mixed[:3]))["overall"].tolist() == verdicts["overall"][:3].tolist()
     with pytest.raises(ValueError, match="batch sizes differ"):
         judge(p[:2], q[:3], mixed[:2])
+
+
+def test_dataset_is_a_checked_pairs_file_with_whole_products_held_out(tmp_path):
+    import json
+
+    from slas.editing.data import check_pairs, load_pairs
+    from slas.handworld.dataset import DatasetError, build_dataset
+    from slas.images import load_image
+
+    files = build_dataset(tmp_path / "ds", 24, n_products=6, seed=3, held_out=0.34)
+    result = check_pairs(files.pairs)
+    assert result.ok, result.problems
+    assert len(result.pairs) == 24 and files.splits == {"train": 16, "test": 8}
+    train, test = load_pairs(files.pairs, split="train"), load_pairs(files.pairs, split="test")
+    assert {p.product for p in train}.isdisjoint({p.product for p in test}) and len({p.product for p in test}) == 2
+    targets = {t["id"]: t for t in map(json.loads, files.targets.read_text().splitlines())}
+    assert set(targets) == {p.id for p in result.pairs}
+    person, product = zip(*(p.images() for p in result.pairs), strict=True)
+    edits = [load_image(files.root / targets[p.id]["edit"]) for p in result.pairs]
+    verdicts = judge(list(person), list(product), torch.stack(edits))
+    assert verdicts["overall"].mean() >= 0.9  # the written PNGs are the renderer's correct edits
+    assert targets["pair_00000"]["scene"]["product"]["kind"] in result.pairs[0].description
+    again = build_dataset(tmp_path / "again", 24, n_products=6, seed=3, held_out=0.34)
+    assert again.pairs.read_text() == files.pairs.read_text()
+    assert (again.root / "edits" / "edit_00007.png").read_bytes() == (files.root / "edits" / "edit_00007.png").read_bytes()
+    with pytest.raises(DatasetError, match="n_products=30"):
+        build_dataset(tmp_path / "bad", 24, n_products=30)
