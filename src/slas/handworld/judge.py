@@ -5,14 +5,20 @@ below the head: skin is the only moderately saturated orange in the world's pale
 product photo (what differs from its plain border colour), and the edit's objects as the compact regions
 where the edit differs from the person (both smoothed first, so noise, blur and JPEG do not count as change).
 
-- presence: exactly one product-like object (a compact changed region, not a recoloured or shifted part of
-  the person: such a region's outline lies on the person's own outlines);
-- similarity: the object held matches the reference product, scale-invariantly: body colour (the densest
-  colour of its pixels), silhouette (coverage on a grid over its bounding box), aspect (from second moments,
-  sub-pixel) and mark pattern (mark coverage on a grid, cells under fingers not counted);
-- interaction: the object covers part of the hand, its long side is plausible for the hand (in units of the
-  hand's size), there is no second product-like object and no new skin outside the product (an extra hand);
-- person_preserved: outside the product-like objects the edit stays the person (few changed pixels).
+- presence: exactly one product-like object: a changed region of plausible size that fills most of its box
+  (a figure shifted by a few pixels changes thin bands along its outlines, which are not objects);
+- similarity: the object at the hand matches the reference product, scale-invariantly. Its outline is
+  traced by blend ratio (a pixel E = a*c + (1-a)*P between the person's colour P and a product colour c has
+  a = |E-P| / (|E-P| + |E-c|); the product is where a >= 1/2, holes such as fingers filled). Compared: body
+  colour (share of inner pixels near the reference's), silhouette (soft coverage on a grid over the
+  outline's own moment frame, mean +- 2 std per axis), aspect (ratio of those stds) and marks (the
+  reference photo's product resampled onto the edit's product box, mark maps compared where no finger
+  covers them);
+- interaction: the object covers part of the hand, its long side is plausible for the hand (in units of
+  sqrt(hand area)), there is no second product-like object, and no new skin thicker than a finger (a palm:
+  an extra hand);
+- person_preserved: outside the held product's outline (and outlines of other objects that match the
+  reference: a duplicate is an interaction failure) almost nothing changed.
 
 ``overall`` is all four. :func:`judge` returns booleans, :func:`judge_scores` the same tests as scores in
 [0, 1] with 0.5 at each threshold (score >= 0.5 exactly when the boolean holds).
@@ -31,7 +37,7 @@ threshold; 64 px; 2026-11-29):
   cases (its outline cannot be traced by colour, so its changed region counts as change).
 - 300 correct edits degraded: Gaussian noise sigma 4/255 99.3%, Gaussian blur sigma 0.6 px 97.3%, JPEG
   quality 90 without chroma subsampling (4:4:4) 99.0%. With 4:2:0 chroma subsampling (PIL's default)
-  only 82.3% pass: halving the colour resolution smears the 3-6 px marks and the rims of a 12-18 px
+  only 82.3% pass: halving the colour resolution smears the 3-6 px marks and the rims of a 13-19 px
   product, so similarity fails; an edit model's output is not chroma-subsampled, but a JPEG-saved one is.
 """
 
@@ -406,7 +412,7 @@ def _scores(m: dict[str, float]) -> dict[str, float]:
             "person_preserved": _margin(m["outside_change"], OUTSIDE_CHANGE)}
 
 
-def _strict(scores: dict[str, float], m: dict[str, float]) -> dict[str, bool]:
+def _strict(m: dict[str, float]) -> dict[str, bool]:
     """The verdicts, from the raw measurements (not the rounded scores)."""
     one = m["objects"] == 1
     found = m["objects"] >= 1
@@ -454,7 +460,7 @@ def measure_batch(person: Any, product: Any, edit: Any) -> list[dict[str, float]
 def judge(person: Any, product: Any, edit: Any) -> dict[str, np.ndarray]:
     """Per-criterion verdicts for a batch: ``{criterion: bool [N]}`` for :data:`CRITERIA` and ``overall``
     (all four). Images as :func:`as_batch` takes them (tensors [N, 3, H, W] in [0, 1] or uint8 arrays)."""
-    rows = [_strict(_scores(m), m) for m in measure_batch(person, product, edit)]
+    rows = [_strict(m) for m in measure_batch(person, product, edit)]
     out = {c: np.array([r[c] for r in rows], bool) for c in CRITERIA}
     out["overall"] = np.logical_and.reduce([out[c] for c in CRITERIA]) if rows else np.zeros(0, bool)
     return out

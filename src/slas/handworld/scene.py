@@ -6,11 +6,13 @@ on the palm the product sits in the target edit). Everything is in output pixels
 image; drawing (:mod:`slas.handworld.render`) is deterministic in these parameters alone.
 
 Why 64 px: the product in the hand must show its silhouette (a bottle's neck, a bag's handle), a mark
-pattern and fingers over it. At 64 px a held product is 11-18 px on its long side, a mark 3-6 px and a finger
-~1.5 px; at 48 px these shrink to 8-14 px, 2-4 px and ~1 px, below what survives a blur or JPEG and what a
+pattern and fingers over it. At 64 px a held product is 13-19 px on its long side, a mark 3-6 px and a finger
+~1.5 px; at 48 px these shrink to 10-14 px, 2-4 px and ~1 px, below what survives a blur or JPEG and what a
 tiny edit model can be expected to draw. 64 is also the editing data's default shortest side
 (``slas.config.DEFAULT_MIN_IMAGE_SIZE``) and a multiple of 16, which both edit pipelines' VAEs and patching
-need (8 x 8 latents). Every function takes ``size``; the judge's thresholds scale with it.
+need (8 x 8 latents). Every function takes ``size``; the judge's thresholds scale with it. Measured with
+the same judge at 48 px (300 fresh scenes, seed 99): 96.7% of correct edits pass (64 px: 99.2%), 85.7%
+after a 0.6 px blur (64 px: 97.3%), and 1.7% of wrong-pattern edits slip through (64 px: 0.3%).
 
 The palettes are chosen so the judge can tell parts apart by colour: backgrounds are low-saturation, skin
 is a moderately saturated orange hue, clothing is dark or grey and never skin-like, products are saturated
