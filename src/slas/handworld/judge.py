@@ -345,21 +345,39 @@ def _pattern_distance(edit, filled, usable, ref: Reference) -> float:
 _MISSING = {"contact": 0.0, "size": 0.0, "extra_skin": 0.0, "color": 9.0, "shape": 9.0, "aspect": 9.0, "pattern": 9.0}
 
 
-def measure(person: np.ndarray, product: np.ndarray, edit: np.ndarray, ref: Reference | None = None) -> dict[str, float]:
+@dataclass
+class PersonView:
+    """What the judge reads from a person image alone (shared by every edit of that person)."""
+
+    smooth: np.ndarray
+    skin: np.ndarray  # skin-like pixels
+    hand: np.ndarray
+    skin_rgb: np.ndarray | None  # the hand's colour
+
+
+def read_person(person: np.ndarray) -> PersonView:
+    skin = skin_mask(person)
+    hand = find_hand(person, skin)
+    return PersonView(ndimage.gaussian_filter(person, (SMOOTH, SMOOTH, 0)), skin, hand,
+                      np.median(person[hand], 0) if hand.any() else None)
+
+
+def measure(person: np.ndarray, product: np.ndarray, edit: np.ndarray, ref: Reference | None = None,
+            view: PersonView | None = None) -> dict[str, float]:
     """Every measurement behind the verdicts of one (person, product, edit), float HxWx3 in [0, 1]."""
     h, w = person.shape[:2]
     scale = h * w / 64**2
-    sp = ndimage.gaussian_filter(person, (SMOOTH, SMOOTH, 0))
+    view = view or read_person(person)
+    sp = view.smooth
     se = ndimage.gaussian_filter(edit, (SMOOTH, SMOOTH, 0))
     ref = ref or read_product(product)
-    person_skin = skin_mask(person)
-    hand = find_hand(person, person_skin)
+    person_skin, hand = view.skin, view.hand
     hand_area = int(hand.sum())
     changed = np.abs(se - sp).max(-1) > CHANGE
     objects = _objects(changed, scale)
     out = {"objects": float(len(objects)), "hand_area": float(hand_area), "ref_found": float(ref.found)}
-    if hand_area:
-        skin = np.linalg.norm(edit - np.median(person[hand], 0), axis=-1) < 0.16
+    if view.skin_rgb is not None:
+        skin = np.linalg.norm(edit - view.skin_rgb, axis=-1) < 0.16
     else:
         skin = np.zeros((h, w), bool)
     if not objects:
@@ -437,24 +455,25 @@ def _triples(person: Any, product: Any, edit: Any) -> tuple[np.ndarray, np.ndarr
     return p, q, e
 
 
-_REFERENCES: dict[bytes, Reference] = {}
+_READ: dict[bytes, Reference | PersonView] = {}
 
 
-def _reference(product: np.ndarray) -> Reference:
-    """read_product, remembered by the photo's bytes: a rollout group shares one product photo."""
-    key = hashlib.blake2b(product.tobytes(), digest_size=16).digest() + bytes(str(product.shape), "ascii")
-    ref = _REFERENCES.get(key)
-    if ref is None:
-        if len(_REFERENCES) >= 4096:
-            _REFERENCES.clear()
-        ref = _REFERENCES[key] = read_product(product)
-    return ref
+def _remembered(image: np.ndarray, read, tag: str):
+    """``read(image)``, remembered by the image's bytes: a rollout group shares one person and one product."""
+    key = tag.encode() + hashlib.blake2b(image.tobytes(), digest_size=16).digest() + str(image.shape).encode()
+    value = _READ.get(key)
+    if value is None:
+        if len(_READ) >= 4096:
+            _READ.clear()
+        value = _READ[key] = read(image)
+    return value
 
 
 def measure_batch(person: Any, product: Any, edit: Any) -> list[dict[str, float]]:
     """:func:`measure` for each item of a batch (images as :func:`as_batch` takes them)."""
     p, q, e = _triples(person, product, edit)
-    return [measure(p[i], q[i], e[i], _reference(q[i])) for i in range(len(p))]
+    return [measure(p[i], q[i], e[i], _remembered(q[i], read_product, "product"),
+                    _remembered(p[i], read_person, "person")) for i in range(len(p))]
 
 
 def judge(person: Any, product: Any, edit: Any) -> dict[str, np.ndarray]:
