@@ -152,3 +152,15 @@ def test_dataset_is_a_checked_pairs_file_with_whole_products_held_out(tmp_path):
     assert (again.root / "edits" / "edit_00007.png").read_bytes() == (files.root / "edits" / "edit_00007.png").read_bytes()
     with pytest.raises(DatasetError, match="n_products=30"):
         build_dataset(tmp_path / "bad", 24, n_products=30)
+
+
+def test_degenerate_edits_are_judged_wrong_without_crashing(world):
+    _, persons, products, _ = world
+    person, product = persons[0], products[0]
+    rng = np.random.default_rng(1)
+    edits = [np.zeros_like(person), np.full_like(person, 255), rng.integers(0, 256, person.shape).astype(np.uint8),
+             product]
+    verdicts = judge([person] * 4, [product] * 4, edits)
+    assert not verdicts["overall"].any() and not verdicts["presence"].any()
+    single = judge(person, product, person)  # one HxWx3 image each: the unedited person
+    assert single["presence"].tolist() == [False] and single["person_preserved"].tolist() == [True]
