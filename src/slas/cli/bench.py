@@ -25,6 +25,44 @@ def overhead(
     typer.echo(report.format())
 
 
+@app.command("throughput")
+def throughput(
+    model: Annotated[str, typer.Option("--model", help="sd (SD1.4 UNet) or flux (FLUX.1-dev transformer)")] = "sd",
+    size: Annotated[str, typer.Option("--size", help="tiny (offline tiny pipeline) or full (full-size, random weights)")] = "tiny",
+    device: Annotated[str, typer.Option("--device", help="torch device")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16 (the policy autocasts to it)")] = "float32",
+    finetune: Annotated[str, typer.Option("--finetune", help="full or lora")] = "full",
+    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1, metavar="R")] = 128,
+    resolution: Annotated[int | None, typer.Option("--resolution", min=8, metavar="PX", help="default: 32 tiny, 512 full")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, metavar="N", help="denoising steps")] = 10,
+    groups: Annotated[int, typer.Option("--groups", min=1, metavar="N", help="groups per iteration")] = 2,
+    group_size: Annotated[int, typer.Option("--group-size", min=1, metavar="G", help="images per group")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="B", help="training micro-batch")] = 4,
+    timestep_fraction: Annotated[float, typer.Option("--timestep-fraction", min=0.0, max=1.0, help="share of steps trained")] = 0.5,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, metavar="N", help="measured iterations (after a warm-up)")] = 1,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the markdown section to this file")] = None,
+    append: Annotated[bool, typer.Option("--append", help="append to --out instead of replacing it")] = False,
+) -> None:
+    """Rollout images/s, training samples/s and peak memory: today's batched rollout (one pipeline call per
+    group, rewards in memory) beside DanceGRPO's loop (one image per call, rewards through PNG files)."""
+    from slas.cli.common import fail
+
+    choices = {"--model": (model, ("sd", "flux")), "--size": (size, ("tiny", "full")),
+               "--dtype": (dtype, ("float32", "bfloat16", "float16")), "--finetune": (finetune, ("full", "lora"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            fail(f"{flag} {value}: choose one of {', '.join(allowed)}")
+    from slas.bench.throughput import BenchSettings, run_throughput_bench, write_report
+
+    settings = BenchSettings(model=model, size=size, device=device, dtype=dtype, finetune=finetune, lora_rank=lora_rank,
+                             resolution=resolution, num_steps=steps, groups=groups, group_size=group_size,
+                             batch_size=batch_size, timestep_fraction=timestep_fraction, iterations=iterations)
+    report = run_throughput_bench(settings)
+    typer.echo(report.format())
+    if out is not None:
+        write_report(report, out, append=append)
+
+
 @app.command("hacking")
 def hacking(
     num_seeds: Annotated[int, typer.Option("--num-seeds", min=1, metavar="N", help="how many seeds per variant, seeds 0..N-1 "

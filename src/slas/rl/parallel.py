@@ -135,6 +135,23 @@ class Strategy:
         return f"{self.name} ({self.world} process{'es' if self.world > 1 else ''})"
 
 
+def _forwarding_ddp() -> type:
+    """DDP whose unknown attributes are the wrapped module's (``net.config`` in a policy's forward), as
+    DeepSpeed's engine does; built on first use so that importing this module stays light."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    class ForwardingDDP(DistributedDataParallel):
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                if name == "module":  # not set yet (during __init__)
+                    raise
+                return getattr(self.module, name)
+
+    return ForwardingDDP
+
+
 class DDPStrategy(Strategy):
     """Replicated weights, gradients all-reduced in buckets during the backward (torch DDP), skipped for the
     accumulating backwards of an optimizer step (``no_sync``). The launch: torchrun, or ``accelerate
@@ -148,15 +165,13 @@ class DDPStrategy(Strategy):
 
     def prepare(self, policy, make_optimizer):
         if self.world > 1 and isinstance(policy, ShardablePolicy):
-            from torch.nn.parallel import DistributedDataParallel
-
             module = policy.trainable_module()
             device = next(module.parameters()).device
             ids = [device.index] if device.type == "cuda" else None
             # broadcasts rank 0's weights and buffers: every rank starts from the same ones. Gradients are views
             # into DDP's all-reduce buckets (no second copy of them: 4 bytes per trained parameter saved).
             # SLAS_DDP_FIND_UNUSED=1 for a model whose forward skips trained parameters (DDP then says so)
-            self.ddp = DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None,
+            self.ddp = _forwarding_ddp()(module, device_ids=ids, output_device=ids[0] if ids else None,
                                                gradient_as_bucket_view=True,
                                                find_unused_parameters=_flag("SLAS_DDP_FIND_UNUSED"))
         return make_optimizer(policy.trainable_parameters())
