@@ -265,3 +265,24 @@ def test_optimizer_state_of_another_strategy_family_is_refused(monkeypatch):
         parallel.Strategy().load_optimizer_state(None, None, by_name)
     with pytest.raises(parallel.StrategyError, match="written under a DeepSpeed config"):
         parallel.DDPStrategy().load_optimizer_state(None, None, {"partitions": [], "world_size": 2})
+
+
+def test_deepspeed_optimizer_state_is_kept_to_what_weights_only_loads(tmp_path):
+    """ZeRO's optimizer state holds enums and DeepSpeed objects; what slas writes of it loads with
+    weights_only (as every checkpoint file is read), enums as their values and objects left out."""
+    import enum
+
+    class Stage(enum.IntEnum):
+        gradients = 2
+
+    class LossScaler:
+        cur_scale = 1.0
+
+    state = {"zero_stage": Stage.gradients, "loss_scaler": LossScaler(), "ds_version": "0.19.8",
+             "partition_count": [2], "shape": torch.Size([3, 4]), "param_slice_mappings": [{"w": LossScaler()}],
+             "base_optimizer_state": {"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"betas": (0.9, 0.99)}]}}
+    torch.save(parallel._plain(state), tmp_path / "optimizer.pt")
+    loaded = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    assert loaded["zero_stage"] == 2 and "loss_scaler" not in loaded and loaded["param_slice_mappings"] == [{}]
+    assert loaded["shape"] == [3, 4] and loaded["base_optimizer_state"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert torch.equal(loaded["base_optimizer_state"]["state"][0]["exp_avg"], torch.ones(2))

@@ -18,6 +18,7 @@ with ``prompts_per_iter`` groups each train like one process with ``N * prompts_
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -426,11 +427,14 @@ class DeepSpeedStrategy(Strategy):
         return self.engine._zero3_consolidated_16bit_state_dict()  # gathered to rank 0
 
     def optimizer_state(self, optimizer, policy):
-        """Every rank's partition of the ZeRO optimizer, gathered to rank 0 (resumed with the same world size)."""
+        """Every rank's partition of the ZeRO optimizer, gathered to rank 0 (resumed with the same world size).
+        Kept to tensors and plain values, so that it loads with ``weights_only`` like every checkpoint file:
+        enums become their values; DeepSpeed's objects (its loss scaler, universal-checkpoint slice maps) are
+        left out and the running optimizer's own are kept on resume."""
         import torch.distributed as dist
 
         parts: list[Any] | None = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(optimizer.state_dict(), parts, dst=0)
+        dist.gather_object(_plain(optimizer.state_dict()), parts, dst=0)
         return {"zero_stage": self.stage, "world_size": self.world, "partitions": parts}
 
     def load_optimizer_state(self, optimizer, policy, state):
@@ -438,7 +442,8 @@ class DeepSpeedStrategy(Strategy):
         if state.get("world_size") != self.world or state.get("zero_stage") != self.stage:
             raise StrategyError(f"optimizer.pt holds ZeRO-{state.get('zero_stage')} state of {state.get('world_size')} "
                                 f"ranks; this run has ZeRO-{self.stage} on {self.world}: resume with the same layout")
-        optimizer.load_state_dict(state["partitions"], load_from_fp32_weights=True)
+        parts = [{"loss_scaler": optimizer.loss_scaler, **part} for part in state["partitions"]]
+        optimizer.load_state_dict(parts, load_from_fp32_weights=True)
 
     def load_trainable(self, policy, directory):
         """Copied in place (the engine's weights are views into its flat buffers; replacing them would cut
@@ -456,6 +461,33 @@ class DeepSpeedStrategy(Strategy):
             if self.stage < 3 or self.rank == 0:
                 for name, value in state.items():
                     params[name].data.copy_(value)
+
+
+_DROP = object()
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as tensors (on the CPU) and plain containers, what ``torch.load(weights_only=True)`` reads back:
+    an enum becomes its value, a ``torch.Size`` a list; any other object is left out (``_DROP`` at the top)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, enum.Enum):
+        return _plain(obj.value)
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, list | tuple):  # torch.Size is a tuple
+        items = [_plain(x) for x in obj]
+        if any(x is _DROP for x in items):
+            return _DROP
+        return items if isinstance(obj, list | torch.Size) else tuple(items)
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            value = _plain(value)
+            if value is not _DROP and isinstance(key, str | int):
+                out[key] = value
+        return out
+    return _DROP
 
 
 def deepspeed_config_from_env() -> dict[str, Any]:
