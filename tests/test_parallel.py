@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ from slas.testing.parallel import REWARD, full_weights, register_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
+# `accelerate` through this interpreter: CI runs the venv's python without the venv's bin/ on PATH
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
 STRATEGIES = {"ddp": "ddp", "fsdp": "fsdp", "deepspeed_zero2": "deepspeed", "deepspeed_zero3": "deepspeed"}
 
 
@@ -100,7 +102,7 @@ def test_two_processes_train_like_one(name, one_process, tmp_path):
         configs.append(tmp_path / f"{family}.json")
         configs[-1].write_text(json.dumps(_run_config(model_dir, one_process["tmp"], f"two_{name}_{family}", 1, family)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLAS_MLFLOW": "0", "PYTHONPATH": str(ROOT / "src")}
-    cmd = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", str(CONFIGS / f"{name}.yaml"),
+    cmd = [*ACCELERATE, "launch", "--config_file", str(CONFIGS / f"{name}.yaml"),
            "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
            "--mixed_precision", "no",  # the CPU computes in float32; the GPU config's bf16 is not what is tested
            "-m", "slas.testing.parallel", str(tmp_path), *map(str, configs)]
@@ -220,7 +222,7 @@ def test_deepspeed_two_gpus_train_like_one(name, tiny_sd_dir, tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps(run_config(f"two_{name}", 1)))
     env = {**os.environ, "SLAS_MLFLOW": "0", "PYTHONPATH": str(ROOT / "src")}
-    cmd = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", str(CONFIGS / f"{name}.yaml"),
+    cmd = [*ACCELERATE, "launch", "--config_file", str(CONFIGS / f"{name}.yaml"),
            "--num_processes", "2", "--main_process_port", "0", "-m", "slas.testing.parallel", str(tmp_path), str(config)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
