@@ -35,13 +35,12 @@ defaults here, or a GPU) before the transformer's training can show up in the ju
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from slas.handworld import assets
 from slas.handworld.data import Triples, render_triples
 from slas.handworld.judge import CRITERIA, judge
 from slas.handworld.models import INSTRUCTION, SAMPLE_SETTINGS, TEXT_MAX_LENGTH, build_pipeline, build_vae
+from slas.pretraining import config_args, index_batches, log_line, warmup_cosine
 from slas.rl.checkpoint import write_directory
 from slas.rl.protocols import Group
 from slas.torch_utils import resolve_device
@@ -90,7 +90,7 @@ class PretrainConfig:
 
 
 def _log(msg: str) -> None:
-    print(f"[handworld pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    log_line("handworld pretrain", msg)
 
 
 def _target(text: str) -> tuple[float, float]:
@@ -108,20 +108,6 @@ def _to_model(images: np.ndarray | Tensor, device: torch.device) -> Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1] on ``device``."""
     x = torch.as_tensor(images).to(device)
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def _warmup_cosine(opt: torch.optim.Optimizer, total: int, floor: float = 0.1):
-    """Linear warm-up over 5% of the steps (at most 200), then cosine decay to ``floor`` x the peak rate."""
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
-
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        opt, num_warmup_steps=max(1, min(200, total // 20)), num_training_steps=total, min_lr_rate=floor)
-
-
-def _batches(n: int, batch: int, steps: int, seed: int) -> Iterator[Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        yield torch.randint(0, n, (batch,), generator=gen)
 
 
 def _groups(triples: Triples) -> list[Group]:
@@ -147,9 +133,9 @@ def train_vae(cfg: PretrainConfig, device: torch.device, out_dir: Path, heldout:
     torch.manual_seed(cfg.seed)
     vae = build_vae().to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = _warmup_cosine(opt, cfg.vae_steps, floor=0.05)
+    sched = warmup_cosine(opt, cfg.vae_steps, floor=0.05, max_warmup=200)
     loss, history = torch.zeros(()), []
-    for step, idx in enumerate(_batches(len(images), cfg.vae_batch, cfg.vae_steps, cfg.seed), 1):
+    for step, idx in enumerate(index_batches(len(images), cfg.vae_batch, cfg.vae_steps, cfg.seed), 1):
         x = _to_model(images[idx.numpy()], device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -251,11 +237,11 @@ def train_edit(cfg: PretrainConfig, vae, device: torch.device, out_dir: Path, he
                      pipe._prepare_latent_image_ids(1, side, 2 * side, device, torch.float32)])
     ids[tokens:, 0] = 1
     opt = torch.optim.AdamW(params, lr=cfg.edit_lr, weight_decay=0.01)
-    sched = _warmup_cosine(opt, cfg.edit_steps, floor=0.2)
+    sched = warmup_cosine(opt, cfg.edit_steps, floor=0.2, max_warmup=200)
     gen = torch.Generator(device).manual_seed(cfg.seed + 2)
     history: list[dict] = []
     t0, step, stopped = time.time(), 0, "steps"
-    for step, idx in enumerate(_batches(len(targets), cfg.edit_batch, cfg.edit_steps, cfg.seed + 1), 1):
+    for step, idx in enumerate(index_batches(len(targets), cfg.edit_batch, cfg.edit_steps, cfg.seed + 1), 1):
         x0, cond = targets[idx].to(device).float(), canvases[idx].to(device).float()
         b = x0.shape[0]
         noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -353,18 +339,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    defaults = PretrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m slas.handworld.pretrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
-    for f in asdict(defaults):
-        if f == "stages":
-            continue
-        v = getattr(defaults, f)
-        kind = str if isinstance(v, Path) else type(v)
-        ap.add_argument("--" + f.replace("_", "-"), type=kind, default=v)
-    args = vars(ap.parse_args(argv))
-    args["stages"] = tuple(s for s in args["stages"].split(",") if s)
-    args["out"] = Path(args["out"])
+    args = config_args(PretrainConfig(), STAGES, "python -m slas.handworld.pretrain", __doc__.split("\n\n")[0], argv)
     try:
         _target(args["target"])
     except ValueError as exc:

@@ -22,7 +22,6 @@ seconds and scores. The judge never trains anything: it only measures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from slas.pretraining import config_args, index_batches, log_line, warmup_cosine
 from slas.rewards.vividness import vividness
 from slas.rl.checkpoint import write_directory
 from slas.shapes import assets
@@ -140,31 +140,15 @@ def vivid_jitter(images: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def _log(msg: str) -> None:
-    print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _warmup_cosine(opt: torch.optim.Optimizer, total: int, floor: float = 0.05):
-    """Linear warm-up over 5% of the steps, then cosine decay to ``floor`` x the peak rate (transformers')."""
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
-
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        opt, num_warmup_steps=max(1, total // 20), num_training_steps=total, min_lr_rate=floor
-    )
-
-
-def _batches(n: int, batch: int, steps: int, device: torch.device, seed: int) -> Iterator[Tensor]:
-    """Random index batches into a dataset of ``n`` items (sampled on ``device``)."""
-    gen = torch.Generator(device).manual_seed(seed)
-    for _ in range(steps):
-        yield torch.randint(0, n, (batch,), generator=gen, device=device)
+    log_line("pretrain", msg)
 
 
 def train_vae(cfg: PretrainConfig, images: Tensor, device: torch.device, out_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     vae = build_vae().to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = _warmup_cosine(opt, cfg.vae_steps)
-    for step, idx in enumerate(_batches(len(images), cfg.vae_batch, cfg.vae_steps, device, cfg.seed), 1):
+    sched = warmup_cosine(opt, cfg.vae_steps, floor=0.05)
+    for step, idx in enumerate(index_batches(len(images), cfg.vae_batch, cfg.vae_steps, cfg.seed, device), 1):
         x = _to_model(images[idx], device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -239,7 +223,7 @@ def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], 
         m.train()
     ema = EMAModel(params, decay=cfg.ema_decay)
     opt = torch.optim.AdamW(params, lr=cfg.t2i_lr, weight_decay=0.01)
-    sched = _warmup_cosine(opt, cfg.t2i_steps, floor=0.2)
+    sched = warmup_cosine(opt, cfg.t2i_steps, floor=0.2)
     latents = _encode_dataset(vae, images, device, cfg.seed + 1)
     unique = sorted(set(prompts))
     index = {q: i for i, q in enumerate(unique)}
@@ -269,7 +253,7 @@ def train_t2i(cfg: PretrainConfig, vae, images: Tensor, prompts: Sequence[str], 
         return scores
 
     text_ids = torch.zeros(TEXT_MAX_LENGTH, 3, device=device)
-    for step, idx in enumerate(_batches(len(latents), cfg.t2i_batch, cfg.t2i_steps, device, cfg.seed + 1), 1):
+    for step, idx in enumerate(index_batches(len(latents), cfg.t2i_batch, cfg.t2i_steps, cfg.seed + 1, device), 1):
         x0 = latents[idx]
         b, c, h, w = x0.shape
         x0 = pipe._pack_latents(x0, b, c, h, w)
@@ -508,18 +492,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    defaults = PretrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m slas.shapes.pretrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
-    for f in asdict(defaults):
-        if f == "stages":
-            continue
-        v = getattr(defaults, f)
-        kind = str if isinstance(v, Path) else type(v)
-        ap.add_argument("--" + f.replace("_", "-"), type=kind, default=v)
-    args = vars(ap.parse_args(argv))
-    args["stages"] = tuple(s for s in args["stages"].split(",") if s)
-    args["out"] = Path(args["out"])
+    args = config_args(PretrainConfig(), STAGES, "python -m slas.shapes.pretrain", __doc__.split("\n\n")[0], argv)
     if not math.isfinite(args["stop_score"]):
         raise SystemExit("--stop-score must be a number")
     pretrain(PretrainConfig(**args))
