@@ -50,6 +50,18 @@ def to_pil(image: Any) -> Image.Image:
     return Image.fromarray(to_uint8(image))
 
 
+def rgb_to_hsv(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hue, saturation, value) in [0, 1] of an ``[..., 3]`` RGB array in [0, 1], vectorised (the worlds' judges
+    read colours by hue)."""
+    mx, mn = arr.max(-1), arr.min(-1)
+    delta = mx - mn
+    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-8), 0.0)
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    d = np.maximum(delta, 1e-8)
+    hue = np.select([mx == r, mx == g], [((g - b) / d) % 6, (b - r) / d + 2], (r - g) / d + 4) / 6.0
+    return hue % 1.0, sat, mx
+
+
 def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
     """A float [3, H, W] tensor in [0, 1] from a PIL image (any mode) or an HWC uint8 array."""
     if isinstance(image, Image.Image):

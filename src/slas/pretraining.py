@@ -48,5 +48,19 @@ def warmup_cosine(opt: torch.optim.Optimizer, total: int, floor: float, max_warm
                                                        min_lr_rate=floor)
 
 
+def vae_step(vae: torch.nn.Module, x: Tensor, opt: torch.optim.Optimizer, sched: Any) -> Tensor:
+    """One autoencoder step: L1 + L2 reconstruction of a posterior sample plus a tiny KL, gradient clipped at 1;
+    returns the loss."""
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.sample()).sample
+    loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss
+
+
 def log_line(prefix: str, msg: str) -> None:
     print(f"[{prefix} {time.strftime('%H:%M:%S')}] {msg}", flush=True)

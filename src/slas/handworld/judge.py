@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from slas.images import to_uint8
+from slas.images import rgb_to_hsv, to_uint8
 
 CRITERIA = ("presence", "similarity", "interaction", "person_preserved")
 
@@ -103,19 +103,9 @@ def as_batch(images: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- pieces
 
 
-def _hsv(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mx, mn = arr.max(-1), arr.min(-1)
-    delta = mx - mn
-    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-8), 0.0)
-    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
-    d = np.maximum(delta, 1e-8)
-    hue = np.select([mx == r, mx == g], [((g - b) / d) % 6, (b - r) / d + 2], (r - g) / d + 4) / 6.0
-    return hue % 1.0, sat, mx
-
-
 def skin_mask(arr: np.ndarray) -> np.ndarray:
     """Skin-like pixels: an orange hue, moderate saturation, not dark."""
-    hue, sat, val = _hsv(arr)
+    hue, sat, val = rgb_to_hsv(arr)
     return (hue >= 0.02) & (hue <= 0.14) & (sat >= 0.2) & (sat <= 0.72) & (val >= 0.3)
 
 

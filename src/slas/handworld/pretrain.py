@@ -54,7 +54,7 @@ from slas.handworld import assets
 from slas.handworld.data import Triples, render_triples
 from slas.handworld.judge import CRITERIA, judge
 from slas.handworld.models import INSTRUCTION, SAMPLE_SETTINGS, TEXT_MAX_LENGTH, build_pipeline, build_vae
-from slas.pretraining import config_args, index_batches, log_line, warmup_cosine
+from slas.pretraining import config_args, index_batches, log_line, vae_step, warmup_cosine
 from slas.rl.checkpoint import write_directory
 from slas.rl.protocols import Group
 from slas.torch_utils import resolve_device
@@ -137,14 +137,7 @@ def train_vae(cfg: PretrainConfig, device: torch.device, out_dir: Path, heldout:
     loss, history = torch.zeros(()), []
     for step, idx in enumerate(index_batches(len(images), cfg.vae_batch, cfg.vae_steps, cfg.seed), 1):
         x = _to_model(images[idx.numpy()], device)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = vae_step(vae, x, opt, sched)
         if step % 50 == 0 or step == cfg.vae_steps:
             _log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
         if step % cfg.eval_every == 0:

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from slas.images import rgb_to_hsv
 from slas.shapes.prompts import COLORS, SHAPES
 from slas.shapes.render import shape_mask
 
@@ -47,16 +48,6 @@ def _to_array(image) -> np.ndarray:
     return arr / 255.0 if arr.max() > 1.0 else arr
 
 
-def _hsv(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mx, mn = arr.max(-1), arr.min(-1)
-    delta = mx - mn
-    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-8), 0.0)
-    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
-    d = np.maximum(delta, 1e-8)
-    hue = np.select([mx == r, mx == g], [((g - b) / d) % 6, (b - r) / d + 2], (r - g) / d + 4) / 6.0
-    return hue % 1.0, sat, mx
-
-
 def _components(mask: np.ndarray) -> list[np.ndarray]:
     """4-connected components of a boolean mask, as index arrays."""
     seen = np.zeros_like(mask, dtype=bool)
@@ -86,7 +77,7 @@ def _template(shape: str, w: int, h: int) -> np.ndarray:
 def detect(image) -> list[Detection]:
     """Objects in one image, largest first."""
     arr = _to_array(image)
-    hue, sat, val = _hsv(arr)
+    hue, sat, val = rgb_to_hsv(arr)
     fg = (sat >= MIN_SATURATION) & (val >= MIN_VALUE)
     dist = np.abs(hue[..., None] - _PALETTE_HUES)
     label = np.minimum(dist, 1 - dist).argmin(-1)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from slas.pretraining import config_args, index_batches, log_line, warmup_cosine
+from slas.pretraining import config_args, index_batches, log_line, vae_step, warmup_cosine
 from slas.rewards.vividness import vividness
 from slas.rl.checkpoint import write_directory
 from slas.shapes import assets
@@ -150,14 +150,7 @@ def train_vae(cfg: PretrainConfig, images: Tensor, device: torch.device, out_dir
     sched = warmup_cosine(opt, cfg.vae_steps, floor=0.05)
     for step, idx in enumerate(index_batches(len(images), cfg.vae_batch, cfg.vae_steps, cfg.seed, device), 1):
         x = _to_model(images[idx], device)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = vae_step(vae, x, opt, sched)
         if step % 500 == 0 or step == cfg.vae_steps:
             _log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
     vae.eval()
