@@ -67,13 +67,18 @@ def one_process(tiny_sd_dir, tiny_flux_dir, tmp_path_factory):
     (tmp / "prompts.txt").write_text("a red circle\ntwo blue squares\na green star\na yellow cube\n")
     register_reward()
     refs = {"tmp": tmp, "dirs": {"sd": tiny_sd_dir, "flux": tiny_flux_dir}}
-    for family, model_dir in refs["dirs"].items():
-        trainer = parallel_free_trainer(config_from_dict(_run_config(model_dir, tmp, f"one_{family}", 2, family)))
-        before = full_weights(trainer)
-        metrics = trainer.train()[-1]
-        trainer.tracker.close()
-        refs[family] = {"before": before, "weights": full_weights(trainer), "batch": trainer.last_batch,
-                        "metrics": metrics}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the launched processes (OMP_NUM_THREADS=1): a CPU kernel's sums follow its threads
+    try:
+        for family, model_dir in refs["dirs"].items():
+            trainer = parallel_free_trainer(config_from_dict(_run_config(model_dir, tmp, f"one_{family}", 2, family)))
+            before = full_weights(trainer)
+            metrics = trainer.train()[-1]
+            trainer.tracker.close()
+            refs[family] = {"before": before, "weights": full_weights(trainer), "batch": trainer.last_batch,
+                            "metrics": metrics}
+    finally:
+        torch.set_num_threads(threads)
     return refs
 
 
