@@ -114,6 +114,16 @@ def load_image_batch(images: Any, n: int, *, name: str = "images") -> Tensor | l
     return items
 
 
+def condition_images(conditions: dict[str, Any], name: str, n: int, *, reward: str, what: str) -> Tensor | list[Tensor]:
+    """The image condition ``name`` of a reward call, loaded for ``n`` images (:func:`load_image_batch`); a
+    missing one is an error naming the reward, what the condition holds and the conditions that were given."""
+    images = conditions.get(name)
+    if images is None:
+        raise ValueError(f"{reward} needs the {name!r} condition ({what}: a [N, 3, H, W] tensor in [0, 1] or a list "
+                         f"of N images/paths); got conditions {sorted(conditions)}")
+    return load_image_batch(images, n, name=name)
+
+
 def _one_image(im: Any, name: str) -> Tensor:
     """One list item of :func:`load_image_batch` as a float ``[3, H, W]`` in [0, 1]."""
     if isinstance(im, Tensor):

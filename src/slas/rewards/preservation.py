@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from slas.preflight import PreflightError
-from slas.rewards.options import checked_factory, load_image_batch
+from slas.rewards.options import checked_factory, condition_images
 from slas.rewards.registry import register
 
 __all__ = ["PERSON_CONDITION", "PersonPreservationReward", "preservation_score", "product_region", "ssim_map"]
@@ -156,16 +156,11 @@ class PersonPreservationReward:
         self.condition = condition
 
     def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
-        persons = conditions.get(self.condition)
-        if persons is None:
-            raise ValueError(
-                f"person_preservation needs the {self.condition!r} condition (the input person images: a [N, 3, H, W] "
-                f"tensor in [0, 1] or a list of N images/paths); got conditions {sorted(conditions)}"
-            )
+        loaded = condition_images(conditions, self.condition, images.shape[0], reward="person_preservation",
+                                  what="the input person images")
         edits = images.float()
         size = _working_size(*edits.shape[-2:], self.resolution)
         edits = _resize(edits, size)
-        loaded = load_image_batch(persons, edits.shape[0], name=self.condition)
         persons_t = torch.stack([_resize(p[None].float(), size)[0] for p in loaded]).to(edits.device)
         return {self.key: preservation_score(edits, persons_t, **self.options).cpu()}
 

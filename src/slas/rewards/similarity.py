@@ -32,7 +32,7 @@ from slas.rewards.encoders import (
     DEFAULT_OPEN_CLIP_PRETRAINED,
     build_encoder,
 )
-from slas.rewards.options import check_encoder_options, checked_factory, load_image_batch
+from slas.rewards.options import check_encoder_options, checked_factory, condition_images
 from slas.rewards.registry import register
 
 __all__ = ["REFERENCE_CONDITION", "ImageSimilarityReward"]
@@ -72,14 +72,9 @@ class ImageSimilarityReward:
         )
 
     def __call__(self, images: Tensor, prompts: list[str], **conditions: Any) -> dict[str, Tensor]:
-        refs = conditions.get(self.condition)
-        if refs is None:
-            raise ValueError(
-                f"image_similarity needs the {self.condition!r} condition (reference images: a [N, 3, H, W] "
-                f"tensor in [0, 1] or a list of N images/paths); got conditions {sorted(conditions)}"
-            )
-        n = images.shape[0]
-        ref = self.encoder.encode_images(load_image_batch(refs, n, name=self.condition))
+        refs = condition_images(conditions, self.condition, images.shape[0], reward="image_similarity",
+                                what="reference images")
+        ref = self.encoder.encode_images(refs)
         gen = self.encoder.encode_images(images)
         return {self.key: (gen * ref).sum(-1).cpu()}
 
