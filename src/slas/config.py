@@ -128,8 +128,9 @@ class SampleConfig(_Strict):
 
 class AutoPowerSettings(_Strict):
     """How ``rl.power: auto`` picks p each iteration (``slas.rl.power``): the largest of ``candidates`` evenly
-    spaced powers in [p_min, p_max] whose predicted approx KL, 1/2 (step * updates)^2 lambda_max(F) ||g(p)||^2,
-    stays within ``kl_budget``. Read only when ``rl.power`` is ``auto``."""
+    spaced powers in [p_min, p_max] whose predicted approx KL of the iteration's weight change (the optimizer's
+    Adam steps, or 1/2 (step * updates)^2 lambda_max(F) ||g(p)||^2 for ``step_model: sgd``) stays within
+    ``kl_budget``. Read only when ``rl.power`` is ``auto``."""
 
     p_min: float = Field(1.0, gt=0, description="smallest power the rule may pick")
     p_max: float = Field(3.0, gt=0, description="largest power the rule may pick")
@@ -140,7 +141,11 @@ class AutoPowerSettings(_Strict):
     pairs: int = Field(32, ge=2, le=4096, description="(sample, step) pairs whose gradients the estimates use, per rank and "
                        "iteration (memory: pairs x trainable parameters x 4 bytes)")
     kl_budget: float | None = Field(None, gt=0, description="per-iteration approx-KL budget (None: train.clip_range^2 / 2)")
-    step_size: float | None = Field(None, gt=0, description="step size of the bound (None: the run's learning rate)")
+    step_model: Literal["adam", "sgd"] | None = Field(
+        None, description="the weight change the KL is predicted for: adam = the optimizer's own Adam/AdamW steps from "
+                          "its state, sgd = step_size * updates * g bounded through lambda_max (None: adam when the "
+                          "optimizer is a torch Adam/AdamW over the trained parameters, else sgd)")
+    step_size: float | None = Field(None, gt=0, description="sgd step model: step size (None: the run's learning rate)")
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoPowerSettings:

@@ -18,24 +18,54 @@ j_u = grad_theta log pi(x_{t+1} | x_t) at the rollout's weights theta_0.
 1. At the first update the PPO ratio is 1 and the clip is inactive, so the trainer's loss gradient is
    -g with g(A) = (1/n) sum_u A_{i(u)} j_u: *linear in the advantages*. With p the exponent,
    A = A(p) = compute_advantages(..., power=p) and g(p) = g(A(p)).
-2. The iteration's U optimizer steps (``ceil(N / (batch_size * accumulation))``) move the weights, to
-   first order and for a plain gradient step of size eta, by Delta = eta * U * g(p).
+2. The iteration's U optimizer steps (``ceil(N / (batch_size * accumulation))``) move the weights by
+   Delta(p). ``step_model: sgd`` (the paper's analysis): a plain gradient step of size eta, to first
+   order Delta = eta * U * g(p). ``step_model: adam`` (the default with the trainer's AdamW): the
+   optimizer's own steps, below.
 3. The trainer's own ``approx_kl``, 1/2 mean_u (log pi_theta - log pi_theta_0)^2, is 0 with gradient 0 at
    theta_0 and has Hessian F = (1/n) sum_u j_u j_u^T there: the empirical Fisher of the trained pairs
    (on-policy, so it is also an unbiased estimate of the transitions' true Fisher). Hence
 
-       approx_kl(theta_0 + Delta) ~= 1/2 Delta^T F Delta <= 1/2 (eta U)^2 lambda_max(F) ||g(p)||^2.
+       approx_kl(theta_0 + Delta) ~= 1/2 Delta^T F Delta  (sgd: <= 1/2 (eta U)^2 lambda_max(F) ||g(p)||^2).
 
-4. Keeping this under a budget delta bounds the gradient norm:
+4. sgd: keeping this under a budget delta bounds the gradient norm,
 
-       ||g(p)|| <= G_max = sqrt(2 delta / lambda_max) / (eta U).
+       ||g(p)|| <= G_max = sqrt(2 delta / lambda_max) / (eta U)   (default eta: the run's learning rate).
 
    The default budget is delta = clip_range^2 / 2: the PPO clip keeps |rho - 1| <= eps, i.e.
-   |Delta log pi| <~ eps, i.e. approx_kl <~ eps^2 / 2, so a step inside the budget is one the clip
-   would not have to cut. The default eta is the run's learning rate.
+   |Delta log pi| <~ eps; approx_kl = eps^2 / 2 is where the RMS of Delta log pi reaches eps, the edge of
+   the clip's trust region (a loose edge: measured on the shapes world, 2-4% of fresh transitions already
+   passed eps at ~1/10 of it, the tails being heavier than Gaussian).
 
-The rule: over a grid of candidates in [p_min, p_max], take the largest p with ||g(p)|| <= G_max; when
-no candidate is inside the bound, take the one with the smallest predicted KL (the least violation).
+The rule: over a grid of candidates in [p_min, p_max], take the largest p whose predicted KL is within
+delta (sgd: ||g(p)|| <= G_max); when none is, take the one with the smallest predicted KL (the least
+violation).
+
+The Adam step model
+-------------------
+AdamW's step per coordinate is ~eta * m_hat / (sqrt(v_hat) + eps): at the first step eta * g / (|g| + eps),
+about eta * sign(g), later set by the moments' history, so nearly independent of ||g|| and far larger
+than eta * g (shapes world: the sgd prediction was ~1e-14 where the real change made ~1e-7). So the
+prediction replays the optimizer (:func:`adam_step`): from its real state (exp_avg, exp_avg_sq, step
+count, betas, eps, weight decay, lr, per parameter group; none before the first step) it takes U steps,
+each fed the same gradient -g_hat(p) (assumed: the U steps' gradients all equal the iteration's
+estimate; the real ones are U different mini-batches), and predicts 1/2 Delta^T F_S Delta =
+1/(2 m) ||J_S Delta||^2 (:func:`step_kl`; no P x P matrix). Two things follow from Adam's normalisation:
+p changes the step's *direction* mix (which samples carry the weight) far more than its size, and the
+KL seen through F_S is what registers that; and Delta must not be measured on the pairs that formed it:
+sign(J_S^T a) is correlated with each of those rows at ~1/sqrt(m), so the in-sample figure is far above
+the change fresh transitions see (measured: 20-45x at m = 32, halving at m = 64). It is therefore cross-fitted
+(:func:`cross_fitted_adam_kl`): the pairs split in halves, each half's g_hat = J_h^T a_h / m_h drives
+the replay and the change is measured on the other half's Fisher, the two averaged.
+
+Measured on the shapes world (``configs/shapes_slas.yaml``, ``rl.power: auto``, 6 iterations, 2-core
+CPU, 2026-11-29) against the KL that the real step made on 16 fresh samples x 7 steps: with one optimizer
+step per iteration 0.33-1.9x of it (predicted 2e-7 .. 6e-8), ||Delta|| within 12%; with four
+(``gradient_accumulation_steps=1``) 0.3-3.8x (the same-gradient replay overstates ||Delta|| up to 2x); low
+in the first iterations (a half-sample gradient has less signal than the step's mini-batch), high by the
+sixth. The default budget (5e-5 at clip_range 0.01) never bound: p = p_max throughout, the real change
+100-1000x inside it. From p_min to p_max the predicted KL moved -45% .. +43%, the sign changing between
+iterations; a budget between them (8e-8) made the rule pick 3, 1, 3, 3, 1, 3.
 
 How the two quantities are estimated (and why this way)
 -------------------------------------------------------
@@ -45,8 +75,9 @@ Both come from one set of per-pair gradients: m pairs (``pairs``, per rank) draw
 their Gram matrix H = J_S J_S^T [m, m]. First-order only on purpose: the double-backward (Pearlmutter)
 Fisher-vector product needs second derivatives of every op, and the shapes model's CPU attention kernel
 has none (``_scaled_dot_product_flash_attention_for_cpu_backward``, measured). The price is memory: m x P
-float32 while the Gram matrix is formed (shapes world, 32 pairs x 2.3 M parameters: 0.3 GB); a full
-fine-tune of a large model needs few pairs or LoRA.
+float32 while the Gram matrix is formed, and with the adam model while the candidates are replayed
+(shapes world, 32 pairs x 2.3 M parameters: 0.3 GB, ~3.5 s of a ~12 s iteration); a full fine-tune of a
+large model needs few pairs or LoRA.
 
 - lambda_max: power iteration (Rayleigh quotient, ``iters`` steps at most, stopping at relative change
   ``tol``) on the Fisher-vector product of the pairs' empirical Fisher F_S = J_S^T J_S / m, in its dual
@@ -56,7 +87,7 @@ fine-tune of a large model needs few pairs or LoRA.
 - ||g(p)||^2: unbiased for the whole iteration's n pairs from the m sampled ones. With a_u = A_{i(u)}(p):
   ||g||^2 = d/n + (n - 1)/n * o, d the mean of a_u^2 H_uu and o the mean of a_u a_v H_uv over u != v (a
   simple random sample estimates both means without bias), floored at 0. Every candidate p costs O(m^2)
-  once H is known, so the grid needs no further backward pass. It is noisy: on the shapes world the
+  once H is known (adam: two O(m P) replays), so the grid needs no further backward pass. It is noisy: on the shapes world the
   estimate's standard deviation was ~0.4-0.8 of its mean with 32 pairs and ~1.2 with 16 (hence the
   default 32); the noise is shared by all candidates of one iteration (same pairs), so it moves the level
   of the predicted KL more than the order of the candidates.
@@ -71,12 +102,14 @@ is p_max whenever any p is admissible. Norm-first (``shape_before_norm=False``, 
 p) gives 1.27, 1.51, 1.67, 1.78: there the bound binds on p, as it does for ``std_scope: none`` with
 |delta| > 1.
 
-Limits, stated: the step is the SGD-equivalent one (as the paper's analysis); AdamW's per-coordinate
-normalisation makes its real step nearly independent of ||g||, so compare the prediction with the logged
-``approx_kl``. Gradient clipping only shortens steps; updates after the first see rho != 1 (second order);
-a ``kl_coef`` term is left out. With several ranks each rank samples its own pairs; the ranks' lambda_max
-are averaged (an upper bound of the pooled Fisher's, by convexity) and so are the gradient-norm sums, so
-every rank picks the same p.
+Limits, stated: gradient clipping (``max_grad_norm``) is not replayed (under Adam it changes the new
+gradient's weight against the moments' history; sgd: it only shortens steps); updates after the first
+see rho != 1 (second order); a ``kl_coef`` term is left out. The logged ``approx_kl`` is the mean of the
+KL *before* each of the iteration's updates: 0 with one update, a fraction (~0.22 for linear growth, 0.09-
+0.5 measured at U = 4) of the end-of-iteration KL predicted here. The adam model needs a torch Adam/AdamW
+over the policy's own parameters. With several ranks each rank samples its own pairs; their lambda_max
+(an upper bound of the pooled Fisher's, by convexity), gradient-norm sums, the adam model's half-sample
+gradients and KLs are averaged over ranks, so every rank picks the same p.
 """
 
 from __future__ import annotations
@@ -90,10 +123,15 @@ import torch
 from torch import Tensor
 
 from slas.config import AutoPowerSettings, TrainerConfig
+from slas.errors import SlasError
 from slas.rl import distributed
 from slas.rl.objectives import trained_steps
 from slas.rl.protocols import Policy
 from slas.rl.trajectory import Trajectory
+
+
+class AutoPowerError(SlasError, ValueError):
+    """``rl.power: auto`` cannot model this run's optimizer step as asked."""
 
 
 # ---------------------------------------------------------------------------------------------- math
@@ -184,6 +222,98 @@ def gradient_norm_sq(gram: Tensor, weights: Tensor, population: int) -> float:
     return unbiased_norm_sq(*norm_sums(gram, weights), gram.shape[0], population)
 
 
+def adam_step(grad: Tensor, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+              updates: int = 1) -> Tensor:
+    """The flat weight change [P] that ``updates`` steps of ``optimizer`` (torch Adam or AdamW) would make,
+    each fed the loss gradient ``grad`` [P] (flat, in the order of ``params``), from its state now.
+
+    Torch's own update, replayed on copies: the moments exp_avg / exp_avg_sq (zero before the first step),
+    the step count and bias corrections, eps, AMSGrad's running maximum, and weight decay (decoupled for
+    AdamW, added to the gradient for Adam), with each parameter's group hyperparameters. Nothing of the
+    optimizer or the weights changes. The change is accumulated directly (not as new minus old weights),
+    so it keeps its precision when it is far smaller than the weights.
+    """
+    check_adam(optimizer, params)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    out, offset = [], 0
+    for p in params:
+        group, state = group_of[id(p)], optimizer.state.get(p, {})
+        g = grad[offset : offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+        lr, (b1, b2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+        decoupled = group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))
+        step = float(state["step"]) if "step" in state else 0.0
+        m = state["exp_avg"].detach().clone() if "exp_avg" in state else torch.zeros_like(p)
+        v = state["exp_avg_sq"].detach().clone() if "exp_avg_sq" in state else torch.zeros_like(p)
+        amsgrad = group["amsgrad"]
+        v_max = state.get("max_exp_avg_sq", torch.zeros_like(p)).detach().clone() if amsgrad else v
+        theta0 = p.detach()
+        delta = torch.zeros_like(p)
+        for _ in range(updates):
+            step += 1
+            gt = g
+            if wd and decoupled:
+                delta -= lr * wd * (theta0 + delta)
+            elif wd:
+                gt = g + wd * (theta0 + delta)
+            m.lerp_(gt, 1 - b1)
+            v.mul_(b2).addcmul_(gt, gt, value=1 - b2)
+            if amsgrad:
+                v_max = torch.maximum(v_max, v)
+            denom = ((v_max if amsgrad else v).sqrt() / math.sqrt(1 - b2**step)).add_(eps)
+            delta.addcdiv_(m, denom, value=-lr / (1 - b1**step))
+        out.append(delta.reshape(-1).float())
+    return torch.cat(out)
+
+
+def check_adam(optimizer: object, params: Sequence[torch.nn.Parameter]) -> None:
+    """Refuse, in one line, an optimizer whose step :func:`adam_step` cannot replay: not a torch Adam/AdamW
+    over exactly these parameters (e.g. DeepSpeed's or FSDP's wrappers), or one that maximises."""
+    fix = "set rl.auto_power.step_model=sgd"
+    if not isinstance(optimizer, torch.optim.Adam):
+        raise AutoPowerError(f"rl.auto_power.step_model=adam needs a torch Adam/AdamW optimizer, got "
+                             f"{type(optimizer).__name__}; {fix}")
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if any(id(p) not in held for p in params):
+        raise AutoPowerError("rl.auto_power.step_model=adam: the optimizer does not hold the policy's trainable "
+                             f"parameters themselves (a sharded or wrapped optimizer); {fix}")
+    if any(g.get("maximize") for g in optimizer.param_groups):
+        raise AutoPowerError(f"rl.auto_power.step_model=adam: a maximizing optimizer is not modelled; {fix}")
+
+
+def step_kl(jacobian: Tensor, delta: Tensor) -> float:
+    """1/2 delta^T F delta for the empirical Fisher F = J^T J / m of the rows of ``jacobian`` [m, P]:
+    1/(2m) ||J delta||^2, the approx KL that the weight change ``delta`` [P] makes on those pairs to second
+    order (never forming the P x P matrix)."""
+    return 0.5 * float((jacobian @ delta.to(jacobian.dtype)).double().square().mean())
+
+
+def cross_fitted_adam_kl(jacobian: Tensor, weights: Tensor, params: Sequence[torch.nn.Parameter],
+                         optimizer: torch.optim.Optimizer, updates: int = 1) -> tuple[float, float]:
+    """(predicted approx KL, mean ||weight change||) of the iteration's Adam steps for per-pair gradients
+    ``jacobian`` [m, P] (m >= 2) weighted by the advantages ``weights`` [m].
+
+    Cross-fitted: the pairs split in two halves; each half's gradient g_h = J_h^T a_h / m_h (averaged over
+    ranks, as the trainer's is) drives :func:`adam_step` (fed -g_h: the loss is -A * ratio), and the change
+    it predicts is measured by :func:`step_kl` on the *other* half's pairs; the two are averaged (and the
+    result over ranks, so every rank gets the same). Measured on the pairs that formed it, the change would
+    look tens of times too large (see the module docstring).
+    """
+    h = jacobian.shape[0] // 2
+    if h < 1:
+        raise ValueError("cross-fitting needs at least 2 pairs")
+    a = weights.to(device=jacobian.device, dtype=jacobian.dtype)
+    kl, norm = {}, 0.0
+    for k, (own, other) in enumerate([(slice(0, h), slice(h, None)), (slice(h, None), slice(0, h))]):
+        g = jacobian[own].T @ a[own] / jacobian[own].shape[0]
+        g = distributed.all_gather_cat(g[None]).mean(0)
+        delta = adam_step(-g, params, optimizer, updates)
+        kl[f"kl{k}"] = step_kl(jacobian[other], delta)
+        norm += float(delta.norm()) / 2
+    kl = distributed.mean_over_ranks(kl)
+    return (kl["kl0"] + kl["kl1"]) / 2, norm
+
+
 def predicted_kl(step: float, lambda_max: float, grad_norm: float) -> float:
     """The bound 1/2 step^2 lambda_max ||g||^2 on the approx KL of the step ``step * g``."""
     return 0.5 * step**2 * lambda_max * grad_norm**2
@@ -255,36 +385,55 @@ def draw_pairs(num_samples: int, num_steps: int, fraction: float, selection: str
 class AutoPower:
     """Chooses p each iteration for ``rl.power: auto`` (see the module docstring for the bound and rule).
 
-    The trainer calls :meth:`choose` after the rewards and before the advantages; it returns the power to
-    use and the ``rl/*`` metrics. lambda_max is re-estimated every ``settings.every`` iterations (and
-    whenever none is known) and held in between; :meth:`state_dict` carries it through checkpoints so
-    that a resumed run picks the same p as one left alone.
+    The trainer calls :meth:`attach` with its optimizer once (which settles the step model and refuses one
+    the ``adam`` model cannot replay, before any training), then :meth:`choose` after the rewards and before
+    the advantages; it returns the power to use and the ``rl/*`` metrics. lambda_max is re-estimated every
+    ``settings.every`` iterations (and whenever none is known) and held in between; :meth:`state_dict`
+    carries it through checkpoints so that a resumed run picks the same p as one left alone.
     """
 
     def __init__(self, settings: AutoPowerSettings, *, step: float, kl_budget: float, timestep_fraction: float,
-                 timestep_selection: str) -> None:
-        if step <= 0 or kl_budget <= 0:
-            raise ValueError(f"step ({step}) and kl_budget ({kl_budget}) must be > 0")
+                 timestep_selection: str, updates: int = 1) -> None:
+        if step <= 0 or kl_budget <= 0 or updates < 1:
+            raise ValueError(f"step ({step}) and kl_budget ({kl_budget}) must be > 0, updates ({updates}) >= 1")
         self.settings = settings
         self.step = step
+        self.updates = updates
         self.kl_budget = kl_budget
         self.timestep_fraction = timestep_fraction
         self.timestep_selection = timestep_selection
         self.candidates = power_grid(settings.p_min, settings.p_max, settings.candidates)
         self.lambda_max: float | None = None
         self.estimated_at: int | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step_model = "sgd" if settings.step_model == "sgd" else None  # adam: settled by attach()
 
     @classmethod
     def from_config(cls, config: TrainerConfig) -> AutoPower:
-        """Step = ``auto_power.step_size`` (default: the run's learning rate) times the optimizer steps of
-        one iteration; budget = ``auto_power.kl_budget`` (default: clip_range^2 / 2)."""
+        """Updates = the optimizer steps of one iteration; sgd step = ``auto_power.step_size`` (default: the run's
+        learning rate) times them; budget = ``auto_power.kl_budget`` (default: clip_range^2 / 2)."""
         s, t = config.rl.auto_power, config.train
         local = config.sample.prompts_per_iter * config.sample.group_size
         updates = math.ceil(math.ceil(local / t.batch_size) / t.gradient_accumulation_steps)
         eta = s.step_size if s.step_size is not None else config.lr
         budget = s.kl_budget if s.kl_budget is not None else 0.5 * t.clip_range**2
         return cls(s, step=eta * updates, kl_budget=budget, timestep_fraction=t.timestep_fraction,
-                   timestep_selection=t.timestep_selection)
+                   timestep_selection=t.timestep_selection, updates=updates)
+
+    def attach(self, optimizer: object, params: Sequence[torch.nn.Parameter]) -> None:
+        """Settle the step model for the trainer's ``optimizer`` over ``params``: ``adam`` replays its steps
+        (refused in one line, :class:`AutoPowerError`, when it cannot); unset, ``adam`` when it can, else ``sgd``."""
+        if self.settings.step_model == "sgd":
+            return
+        try:
+            check_adam(optimizer, params)
+        except AutoPowerError:
+            if self.settings.step_model == "adam":
+                raise
+            self.step_model = "sgd"
+            return
+        self.optimizer = optimizer  # type: ignore[assignment]
+        self.step_model = "adam"
 
     def _due(self, iteration: int) -> bool:
         return self.lambda_max is None or iteration % self.settings.every == 0
@@ -297,6 +446,9 @@ class AutoPower:
         ``offset .. offset + trajectory.num_samples``. ``seed`` seeds the pair draw and the power
         iteration's start vector (no global RNG is used, so the run's other draws are unchanged).
         """
+        if self.step_model is None:
+            raise AutoPowerError("rl.power=auto: the optimizer was never attached (AutoPower.attach settles the "
+                                 "adam step model; only step_model=sgd needs none)")
         gen = torch.Generator().manual_seed(seed)
         pairs, population = draw_pairs(trajectory.num_samples, policy.num_steps, self.timestep_fraction,
                                        self.timestep_selection, self.settings.pairs, gen)
@@ -306,9 +458,9 @@ class AutoPower:
             return policy.step_log_prob(trajectory, torch.tensor([sample], device=device),
                                         torch.tensor([step], device=device)).sum()
 
-        jac = per_pair_gradients(log_prob, pairs, policy.trainable_parameters())
-        gram = (jac @ jac.T).double()  # [m, m]: all the rest needs
-        del jac  # m x P floats, the estimate's whole memory cost
+        params = policy.trainable_parameters()
+        jac = per_pair_gradients(log_prob, pairs, params)
+        gram = (jac @ jac.T).double()  # [m, m]: all the sgd model needs
         out: dict[str, float] = {}
         if self._due(iteration):
             found = fisher_top_eigenvalue(gram, iters=self.settings.iters, tol=self.settings.tol, generator=gen)
@@ -316,23 +468,35 @@ class AutoPower:
             self.estimated_at = iteration
             out["rl/fisher_iterations"] = float(found.iterations)
         rows = torch.tensor([s for s, _ in pairs], dtype=torch.long) + offset
+        weights = [advantages(p).detach().double().cpu()[rows] for p in self.candidates]
         sums: dict[str, float] = {}
-        for c, p in enumerate(self.candidates):
-            sums[f"d{c}"], sums[f"o{c}"] = norm_sums(gram, advantages(p).detach().double().cpu()[rows])
+        for c, a in enumerate(weights):
+            sums[f"d{c}"], sums[f"o{c}"] = norm_sums(gram, a)
         sums = distributed.mean_over_ranks(sums)  # every rank: the same sums, so the same choice
         _, world = distributed.rank_and_world()
         norms = [math.sqrt(unbiased_norm_sq(sums[f"d{c}"], sums[f"o{c}"], len(pairs), population * world))
                  for c in range(len(self.candidates))]
-        kls = [predicted_kl(self.step, self.lambda_max, g) for g in norms]
+        if self.step_model == "adam":
+            found_kls = [cross_fitted_adam_kl(jac, a, params, self.optimizer, self.updates) for a in weights]
+            kls, step_norms = [k for k, _ in found_kls], [n for _, n in found_kls]
+        else:
+            kls = [predicted_kl(self.step, self.lambda_max, g) for g in norms]
+        del jac  # m x P floats, the estimate's whole memory cost
         chosen, admissible = choose_power(self.candidates, kls, self.kl_budget)
         out.update({
             "rl/power": self.candidates[chosen],
             "rl/power_bound": self.candidates[admissible] if admissible is not None else math.nan,
             "rl/fisher_lambda_max": self.lambda_max,
             "rl/grad_norm": norms[chosen],
-            "rl/grad_norm_bound": grad_norm_bound(self.step, self.lambda_max, self.kl_budget),
             "rl/kl_predicted": kls[chosen],
+            "rl/kl_predicted_p_min": kls[0],
+            "rl/kl_predicted_p_max": kls[-1],
+            "rl/step_model_adam": float(self.step_model == "adam"),
         })
+        if self.step_model == "adam":
+            out["rl/step_norm"] = step_norms[chosen]
+        else:
+            out["rl/grad_norm_bound"] = grad_norm_bound(self.step, self.lambda_max, self.kl_budget)
         return self.candidates[chosen], out
 
     def state_dict(self) -> dict[str, Any]:

@@ -136,6 +136,8 @@ class Trainer:
         self.strategy.check(config)
         self.optimizer = self.strategy.prepare(policy, lambda params: torch.optim.AdamW(
             params, lr=config.lr, betas=t.betas, eps=t.adam_eps, weight_decay=t.weight_decay))
+        if self.auto_power is not None:  # its adam step model replays this optimizer's steps (or refuses it, now)
+            self.auto_power.attach(self.optimizer, policy.trainable_parameters())
         self.ema = None
         if t.ema.enabled:
             from diffusers.training_utils import EMAModel
