@@ -1,4 +1,4 @@
-"""``rl.power: auto`` (slas.rl.power): the math against known answers, the config, and training with it."""
+"""``rl.power: auto`` (slas.rl.power and its Adam step model, slas.rl.adam_replay): the math against known answers, the config, and training with it."""
 
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from slas.config import ConfigError, TrainerConfig, load_config
+from slas.rl.adam_replay import AutoPowerError, adam_step, cross_fitted_adam_kl, step_kl
 from slas.rl.power import (
     AutoPower,
-    AutoPowerError,
-    adam_step,
     choose_power,
-    cross_fitted_adam_kl,
     draw_pairs,
     fisher_top_eigenvalue,
     fisher_vector_product,
@@ -29,7 +27,6 @@ from slas.rl.power import (
     power_grid,
     power_iteration,
     predicted_kl,
-    step_kl,
     unbiased_norm_sq,
 )
 from slas.rl.trainer import Trainer
