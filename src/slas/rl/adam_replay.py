@@ -55,7 +55,6 @@ class AutoPowerError(SlasError, ValueError):
     """``rl.power: auto`` cannot model this run's optimizer step as asked."""
 
 
-
 def adam_step(grad: Tensor, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
               updates: int = 1) -> Tensor:
     """The flat weight change [P] that ``updates`` steps of ``optimizer`` (torch Adam or AdamW) would make,
