@@ -189,3 +189,45 @@ def test_bench_hacking_summarizes_every_variant_over_seeds(tmp_path, monkeypatch
     assert (tmp_path / "published" / "hacking.md").read_text() == table  # resumed from results.jsonl, then published
     with pytest.raises(ValueError, match="unknown variant"):
         hacking.run_hacking(1, out=tmp_path, variants=["grpo"])
+
+
+def test_bench_sigterm_stops_the_parallel_workers(tmp_path):
+    """``slas bench hacking --jobs N`` killed with SIGTERM takes its pool workers with it (they used to go on)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import multiprocessing as mp, time\n"
+        "from slas.bench.hacking import sigterm_exits\n"
+        "if __name__ == '__main__':\n"
+        "    with sigterm_exits(), mp.get_context('spawn').Pool(2) as pool:\n"
+        "        print('ready', flush=True)\n"
+        "        pool.map(time.sleep, [120, 120])\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout.readline().strip() == "ready"
+
+    def children() -> set[int]:
+        path = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+        return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+    def running(pid: int) -> bool:  # a zombie has exited; its parent is gone and cannot reap it yet
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().split()[2] != "Z"
+
+    deadline = time.time() + 60
+    while len(children()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    workers = children()
+    assert len(workers) >= 2
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.time() + 30
+    while any(map(running, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = [w for w in workers if running(w)]
+    assert alive == [], f"pool workers {alive} outlived the SIGTERM'd parent"

@@ -23,7 +23,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,6 +97,20 @@ def _mlflow_off():
             os.environ.pop("SLAS_MLFLOW", None)
         else:
             os.environ["SLAS_MLFLOW"] = old
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """SIGTERM raises ``SystemExit`` here, so the ``with Pool`` around the parallel runs terminates its workers:
+    Python's default SIGTERM kills only the parent, and the spawned workers went on training for minutes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -263,7 +280,8 @@ def _run_all(names: Sequence[str], seeds: int, plan: DemoPlan, out: Path, device
             import multiprocessing as mp
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with mp.get_context("spawn").Pool(jobs, initializer=_set_threads, initargs=(threads,)) as pool:
+            with sigterm_exits(), mp.get_context("spawn").Pool(jobs, initializer=_set_threads,
+                                                               initargs=(threads,)) as pool:
                 for r in pool.imap_unordered(_run_one, tasks):
                     done[(r["variant"], r["seed"])] = _append(done_path, r)
         else:
