@@ -2,7 +2,8 @@
 
 - ``slas.rl`` imports only ``slas.rl`` and the shared leaf helpers (config sections, errors, paths,
   images, torch utils): the engine never learns about a concrete model, reward, data set or platform.
-- ``slas.t2i``, ``slas.editing`` and ``slas.rewards`` never import ``slas.platform``, ``slas.run`` or ``slas.cli``.
+- ``slas.t2i``, ``slas.editing``, ``slas.rewards`` and the product-in-hand world ``slas.handworld`` never import
+  ``slas.platform``, ``slas.run`` or ``slas.cli`` (a world writes its files through the leaf ``slas.files``).
 - ``slas.platform`` never imports ``slas.run`` or ``slas.cli``.
 - None of those imports ``slas.ui`` (the review app sits on top, like the command line).
 """
@@ -20,6 +21,7 @@ FORBIDDEN = {
     "slas.t2i": ("slas.platform", "slas.run", "slas.cli", "slas.ui"),
     "slas.editing": ("slas.platform", "slas.run", "slas.cli", "slas.ui"),
     "slas.rewards": ("slas.platform", "slas.run", "slas.cli", "slas.ui"),
+    "slas.handworld": ("slas.platform", "slas.run", "slas.cli", "slas.ui"),
     "slas.platform": ("slas.run", "slas.cli", "slas.ui"),
 }
 
@@ -93,6 +95,7 @@ def test_the_graph_reader_sees_real_imports():
     ("slas.platform.sampling", "def f():\n    from slas.run import POLICIES\n"),
     ("slas.platform.jobs", "from slas.cli import app"),
     ("slas.platform.samplesets", "from slas.ui.handlers import next_pair"),
+    ("slas.handworld.dataset", "def f():\n    from slas.platform.samplesets import write_atomic\n"),
 ])
 def test_each_forbidden_import_is_caught(module, source):
     assert violations(module, imported_modules(source, module))

@@ -348,7 +348,7 @@ def run_throughput_bench(s: BenchSettings) -> ThroughputReport:
 
 def write_report(report: ThroughputReport, path: Path, *, append: bool) -> None:
     """Write (or append) the report's section to a markdown file, atomically."""
-    from slas.platform.samplesets import write_atomic
+    from slas.files import write_atomic
 
     path = Path(path)
     text = report.format() + "\n"

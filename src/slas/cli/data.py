@@ -54,7 +54,7 @@ def split(
     (split test or val) and the rest is train: held-out products are never trained on. The source is checked
     whole first (as `slas data check`); the splits it had are replaced."""
     from slas.editing.data import load_pairs, pairs_jsonl, split_by_product
-    from slas.platform.samplesets import write_atomic
+    from slas.files import write_atomic
 
     if out.suffix.lower() != ".jsonl":
         raise typer.BadParameter(f"{out}: write a .jsonl file", param_hint="--out")

@@ -28,6 +28,7 @@ from PIL import Image
 
 from slas.editing.data import EditPair, pairs_jsonl, split_by_product
 from slas.errors import SlasError
+from slas.files import write_atomic
 from slas.handworld.render import render_edit, render_person, render_product
 from slas.handworld.scene import (
     SIZE,
@@ -126,9 +127,6 @@ def build_dataset(directory: str | Path, n_pairs: int, *, n_products: int | None
         _, held = split_by_product(pairs, held_out, seed)
         test = {p.id for p in held}
         pairs = [replace(p, split="test") if p.id in test else p for p in pairs]
-    # the one atomic writer; imported here because its module loads the job store
-    from slas.platform.samplesets import write_atomic
-
     write_atomic(root / TARGETS, "".join(json.dumps(t) + "\n" for t in targets))
     write_atomic(root / PAIRS, pairs_jsonl(pairs, root))
     splits: dict[str, int] = {}

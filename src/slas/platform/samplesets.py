@@ -13,13 +13,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slas.errors import SlasError
+from slas.files import write_atomic
 from slas.platform.db import Store
 from slas.platform.dberrors import StoreError
 from slas.platform.schema import Rating, Sample, SampleSet
@@ -177,20 +177,6 @@ def format_rows(rows: Sequence[Mapping[str, Any]], fmt: str) -> str:
     return buf.getvalue()
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def set_folder(sset: SampleSet, samples: Sequence[Sample]) -> Path | None:
     """The set's image folder: ``meta.out_dir`` as ``slas sample`` records it, else the images' common folder."""
     out = (sset.meta or {}).get("out_dir")
@@ -229,5 +215,5 @@ def export_set(store: Store, set_id: int, *, fmt: str = "csv", out: str | Path |
 __all__ = [
     "EXPORT_FORMATS", "PAIR_CHOICES", "RewardStats", "SampleSetError", "checkpoint_labels", "export_set",
     "format_rows", "get_set", "input_pairs", "rating_rows", "reward_names", "reward_summary", "sample_rows",
-    "set_folder", "set_kind", "write_atomic",
+    "set_folder", "set_kind",
 ]
