@@ -134,7 +134,7 @@ def test_dataset_is_a_checked_pairs_file_with_whole_products_held_out(tmp_path):
     from slas.handworld.dataset import DatasetError, build_dataset
     from slas.images import load_image
 
-    files = build_dataset(tmp_path / "ds", 24, n_products=6, seed=3, held_out=0.34)
+    files = build_dataset(tmp_path / "ds", 24, n_products=6, test_products=2, seed=3)
     result = check_pairs(files.pairs)
     assert result.ok, result.problems
     assert len(result.pairs) == 24 and files.splits == {"train": 16, "test": 8}
@@ -147,11 +147,32 @@ def test_dataset_is_a_checked_pairs_file_with_whole_products_held_out(tmp_path):
     verdicts = judge(list(person), list(product), torch.stack(edits))
     assert verdicts["overall"].mean() >= 0.9  # the written PNGs are the renderer's correct edits
     assert targets["pair_00000"]["scene"]["product"]["kind"] in result.pairs[0].description
-    again = build_dataset(tmp_path / "again", 24, n_products=6, seed=3, held_out=0.34)
+    again = build_dataset(tmp_path / "again", 24, n_products=6, test_products=2, seed=3)
     assert again.pairs.read_text() == files.pairs.read_text()
     assert (again.root / "edits" / "edit_00007.png").read_bytes() == (files.root / "edits" / "edit_00007.png").read_bytes()
     with pytest.raises(DatasetError, match="n_products=30"):
         build_dataset(tmp_path / "bad", 24, n_products=30)
+    with pytest.raises(DatasetError, match="test_products=29"):  # the world holds out 28 designs
+        build_dataset(tmp_path / "bad", 40, n_products=40, test_products=29)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 11])
+def test_dataset_test_split_is_exactly_the_worlds_held_out_designs(tmp_path, seed):
+    """One rule for "held-out products": a pair is ``test`` iff its product's design is held out by
+    ``slas.handworld.data.product_split``, the rule the shipped edit model was pretrained under."""
+    import json
+
+    from slas.editing.data import load_pairs
+    from slas.handworld.data import product_split
+    from slas.handworld.dataset import build_dataset, default_test_products
+
+    files = build_dataset(tmp_path / "ds", 20, n_products=10, seed=seed, size=32)
+    scenes = {t["id"]: t["scene"]["product"] for t in map(json.loads, files.targets.read_text().splitlines())}
+    pairs = load_pairs(files.pairs, min_size=32)
+    rule = {p.id: product_split(scenes[p.id]["kind"], scenes[p.id]["color"], scenes[p.id]["pattern"]) for p in pairs}
+    assert {p.id: p.split for p in pairs} == rule
+    assert len({p.product for p in pairs if p.split == "test"}) == default_test_products(10) == 2
+    assert files.splits == {"train": 16, "test": 4}
 
 
 def test_degenerate_edits_are_judged_wrong_without_crashing(world):

@@ -9,9 +9,13 @@
       pairs.jsonl                      slas.editing.data rows {id, person, product, description, split}
       targets.jsonl                    {id, edit, scene}: the target image and the scene parameters
 
-``pairs.jsonl`` is exactly what ``slas data check`` and ``data.pairs`` read (paths relative to the file);
-a seeded share of whole products is held out as split ``test`` (``slas.editing.data.split_by_product``),
-so no held-out product is ever trained on through another person. ``targets.jsonl`` sits beside it because
+``pairs.jsonl`` is exactly what ``slas data check`` and ``data.pairs`` read (paths relative to the file).
+Its split is the world's own: a pair is ``test`` exactly when its product's design is one the world holds
+out (:func:`slas.handworld.data.product_split`, the fixed rule the shipped edit model was pretrained
+under), so "held-out products" means the same thing here, in pretraining and in the demo's evaluation, and
+no held-out product is ever trained on through another person. (A seeded share of products, as
+``slas.editing.data.split_by_product`` draws for a team's own photos, would put designs the edit model was
+pretrained on into ``test`` and held-out designs into ``train``.) ``targets.jsonl`` sits beside it because
 the pairs format has no target field: it keeps the target edit and the parameters that drew it (person,
 product, hold) for pretraining, evaluation and the simulated annotator. Both JSONL files are written last,
 atomically, so a folder with a ``pairs.jsonl`` always has every image it names.
@@ -21,14 +25,15 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from slas.editing.data import EditPair, pairs_jsonl, split_by_product
+from slas.editing.data import EditPair, pairs_jsonl
 from slas.errors import SlasError
 from slas.files import write_atomic
+from slas.handworld.data import Split, designs, product_split
 from slas.handworld.render import render_edit, render_person, render_product
 from slas.handworld.scene import (
     SIZE,
@@ -64,14 +69,20 @@ def describe(product: ProductParams) -> str:
     return f"a {product.color} {product.kind} with a {product.mark} {product.pattern} mark"
 
 
-def _distinct_products(rng: random.Random, count: int, size: int) -> list[ProductParams]:
-    """``count`` products that differ in design (kind, colour, pattern); aspects vary too."""
-    seen, out = set(), []
-    while len(out) < count:
+def _design(product: ProductParams) -> tuple[str, str, str]:
+    return product.kind, product.color, product.pattern
+
+
+def _distinct_products(rng: random.Random, counts: dict[Split, int], size: int) -> list[ProductParams]:
+    """``counts[split]`` products of each split's designs (:func:`product_split`), all of different designs
+    (kind, colour, pattern), in the order the scene sampler draws them (splits interleaved); aspects vary."""
+    seen, out, left = set(), [], dict(counts)
+    while any(left.values()):
         p = sample_product(rng, size)
-        key = (p.kind, p.color, p.pattern)
-        if key not in seen:
-            seen.add(key)
+        split = product_split(*_design(p))
+        if left[split] and _design(p) not in seen:
+            seen.add(_design(p))
+            left[split] -= 1
             out.append(p)
     return out
 
@@ -83,34 +94,49 @@ def _scene_for(rng: random.Random, product: ProductParams, size: int) -> Scene:
             return Scene(person, product, hold)
 
 
-def _check_args(n_pairs: int, n_products: int, held_out: float) -> None:
+def _check_args(n_pairs: int, n_products: int, test_products: int) -> None:
     if n_pairs < 1:
         raise DatasetError(f"n_pairs={n_pairs}: give at least 1 pair")
     if not 1 <= n_products <= n_pairs:
         raise DatasetError(f"n_products={n_products}: give between 1 and n_pairs ({n_pairs}) products")
-    if n_products > 140:
-        raise DatasetError(f"n_products={n_products}: the world has 140 designs (5 kinds x 7 colours x 4 patterns)")
-    if not 0 <= held_out < 1:
-        raise DatasetError(f"held_out={held_out}: give a fraction in [0, 1)")
-    if held_out > 0 and n_products < 2:
-        raise DatasetError(f"held_out={held_out} needs at least 2 products (n_products={n_products})")
+    n_test, n_train = len(designs("test")), len(designs("train"))
+    if n_products > n_test + n_train:
+        raise DatasetError(f"n_products={n_products}: the world has {n_test + n_train} designs "
+                           "(5 kinds x 7 colours x 4 patterns)")
+    if not 0 <= test_products <= min(n_products, n_test):
+        raise DatasetError(f"test_products={test_products}: give between 0 and {min(n_products, n_test)} "
+                           f"(n_products={n_products}; the world holds out {n_test} designs)")
+    if n_products - test_products > n_train:
+        raise DatasetError(f"n_products={n_products} with test_products={test_products}: the world has only "
+                           f"{n_train} training designs; hold out at least {n_products - n_train}")
 
 
-def build_dataset(directory: str | Path, n_pairs: int, *, n_products: int | None = None, seed: int = 0,
-                  held_out: float = 0.2, size: int = SIZE) -> DatasetFiles:
+def default_test_products(n_products: int) -> int:
+    """A fifth of the products (the world's own share: 28 of its 140 designs), at least one when there are
+    two or more products, and none when there is one."""
+    n_test, n_train = len(designs("test")), len(designs("train"))
+    return 0 if n_products < 2 else max(1, round(n_products * n_test / (n_test + n_train)))
+
+
+def build_dataset(directory: str | Path, n_pairs: int, *, n_products: int | None = None,
+                  test_products: int | None = None, seed: int = 0, size: int = SIZE) -> DatasetFiles:
     """Render ``n_pairs`` triples into ``directory`` (see the module docstring) and return where they are.
 
     ``n_products`` distinct product designs (default: one per four pairs, at least 2) are spread round-robin
-    over the pairs; ``held_out`` of them (with all their pairs) get split ``test``. Deterministic in
-    ``seed``: the same arguments write the same bytes.
+    over the pairs; ``test_products`` of them (default :func:`default_test_products`) are drawn from the
+    world's held-out designs and the rest from its training designs, so the split of every pair is its
+    product's :func:`~slas.handworld.data.product_split`. This argument sets how many held-out products the
+    dataset carries, never which designs are held out. Deterministic in ``seed``: the same arguments write
+    the same bytes.
     """
     n_products = n_products if n_products is not None else max(2, min(n_pairs // 4, 140))
-    _check_args(n_pairs, n_products, held_out)
+    test_products = test_products if test_products is not None else default_test_products(n_products)
+    _check_args(n_pairs, n_products, test_products)
     root = Path(directory)
     for sub in ("persons", "products", "edits"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    products = _distinct_products(rng, n_products, size)
+    products = _distinct_products(rng, {"train": n_products - test_products, "test": test_products}, size)
     for j, product in enumerate(products):
         Image.fromarray(render_product(product)).save(root / "products" / f"product_{j:04d}.png")
     pairs, targets = [], []
@@ -121,12 +147,8 @@ def build_dataset(directory: str | Path, n_pairs: int, *, n_products: int | None
         Image.fromarray(render_edit(scene.person, scene.product, scene.hold)).save(root / "edits" / f"edit_{i:05d}.png")
         pid = f"pair_{i:05d}"
         pairs.append(EditPair(pid, f"persons/person_{i:05d}.png", f"products/product_{j:04d}.png", root,
-                              description=describe(scene.product)))
+                              description=describe(scene.product), split=product_split(*_design(scene.product))))
         targets.append({"id": pid, "edit": f"edits/edit_{i:05d}.png", "scene": asdict(scene)})
-    if held_out > 0:
-        _, held = split_by_product(pairs, held_out, seed)
-        test = {p.id for p in held}
-        pairs = [replace(p, split="test") if p.id in test else p for p in pairs]
     write_atomic(root / TARGETS, "".join(json.dumps(t) + "\n" for t in targets))
     write_atomic(root / PAIRS, pairs_jsonl(pairs, root))
     splits: dict[str, int] = {}
