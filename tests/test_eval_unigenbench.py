@@ -99,6 +99,7 @@ def test_the_command_renders_judges_and_writes_the_benchmark_layout(cli_run):
         item = items[row["index"]]
         assert Path(row["image"]).is_file() and Path(row["image"]).parent == out / "images"
         assert row["prompt"] == item.prompt
+        assert (row["prompt_set"], row["protocol"]) == ("short", "testpoint")  # what slas eval compare pairs on
         assert [tp["testpoint"] for tp in row["testpoints"]] == list(item.testpoints)
         for tp in row["testpoints"]:
             assert 0.0 <= tp["score"] <= 1.0 and tp["verdict"] == int(tp["score"] > 0.5)

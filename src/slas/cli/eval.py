@@ -145,16 +145,18 @@ def _record(store, checkpoint: Path | None, label: str, benchmark: str, scores: 
 @app.command("compare")
 def compare(
     evaluations: Annotated[
-        list[str], typer.Argument(help="two or more eval output dirs (holding results.jsonl) or evaluation ids of "
-                                       "the job store; the first is the baseline", metavar="A B ...")
+        list[str], typer.Argument(help="two or more eval output dirs (holding results.jsonl of slas eval geneval or "
+                                       "unigenbench) or evaluation ids of the job store; the first is the baseline",
+                                  metavar="A B ...")
     ],
     output: Annotated[Path | None, typer.Option("--output", help="also write the markdown table to this file")] = None,
     resamples: Annotated[int, typer.Option("--resamples", help="bootstrap resamples of the prompts")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="seed of the bootstrap draws")] = 0,
 ) -> None:
     """Compare evaluations of the same benchmark run (same prompts, images and seeds): a markdown table of each
-    run's score per tag and overall, and each run's difference to the first with a paired bootstrap 95%
-    interval (prompts resampled within each tag)."""
+    run's score per tag (GenEval) or primary dimension (UniGenBench++, same prompt set and judge protocol) and
+    overall, and each run's difference to the first with a paired bootstrap 95% interval (prompts resampled
+    within each tag or dimension)."""
     from slas.eval.compare import check_request, read_results, to_markdown
     from slas.eval.compare import compare as compare_runs
     from slas.eval.record import results_of

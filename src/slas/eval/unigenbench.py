@@ -503,14 +503,16 @@ def as_sent(path: Path) -> Any:
         return im.convert("RGB")
 
 
-def result_row(row: dict, judged: dict) -> dict:
-    """One ``results.jsonl`` row: the image, its prompt and every test point's dimension, score and verdict."""
+def result_row(row: dict, judged: dict, plan: UnigenPlan) -> dict:
+    """One ``results.jsonl`` row: the image, its prompt, the prompt set and judge protocol (``slas eval
+    compare`` refuses to pair results that differ in them) and every test point's dimension, score and verdict."""
     item: Item = row["item"]
     points = [{"testpoint": tp, "dimension": dimension_of(tp), "description": d, **mark}
               for tp, d, mark in zip(item.testpoints, item.descriptions, judged["testpoints"], strict=True)]
     extra = {k: v for k, v in judged.items() if k != "testpoints"}
     return {"index": item.index, "prompt": item.prompt, "image": str(row["image"]), "seed": row["seed"],
-            "theme": item.theme, "testpoints": points, **extra}
+            "theme": item.theme, "prompt_set": plan.prompt_set, "protocol": plan.protocol, "testpoints": points,
+            **extra}
 
 
 def judge(plan: UnigenPlan, rows: list[dict], judge_fn: Judge, *, progress: bool = True) -> list[dict]:
@@ -523,7 +525,7 @@ def judge(plan: UnigenPlan, rows: list[dict], judge_fn: Judge, *, progress: bool
         for b in range(0, len(rows), plan.batch_size):
             batch = rows[b : b + plan.batch_size]
             judged = judge_fn([as_sent(r["image"]) for r in batch], [r["item"] for r in batch])
-            results += [result_row(r, j) for r, j in zip(batch, judged, strict=True)]
+            results += [result_row(r, j, plan) for r, j in zip(batch, judged, strict=True)]
             bar.update(len(batch))
     finally:
         bar.close()
