@@ -36,6 +36,24 @@ def test_shipped_model_loads_through_the_kontext_policy_and_edits_at_64px():
     assert set(report["edit"]["heldout"]) >= {"overall", "presence", "similarity", "interaction", "person_preserved"}
 
 
+def test_shipped_tokenizers_give_the_instruction_its_pretraining_ids():
+    """Loaded by the classes model_index.json names (as diffusers does): CLIP folds capitals; T5 gives the
+    instruction, capitals spelled out, exactly the ids the model was pretrained on (build_tokenizers), so
+    the shipped weights see what they learned (folding T5 would change the edits: see slas.handworld.models)."""
+    import transformers
+
+    from slas.handworld.models import build_tokenizers
+
+    root = assets.edit_model_dir()
+    index = json.loads((root / "model_index.json").read_text())
+    clip, t5 = (getattr(transformers, index[n][1]).from_pretrained(root / n) for n in ("tokenizer", "tokenizer_2"))
+    assert clip(INSTRUCTION).input_ids == clip(INSTRUCTION.lower()).input_ids
+    built_clip, built_t5 = build_tokenizers()
+    for text in (INSTRUCTION, INSTRUCTION.lower(), "Put the bottle in the hand"):
+        assert t5(text).input_ids == built_t5(text).input_ids and clip(text).input_ids == built_clip(text).input_ids
+    assert len(t5(INSTRUCTION).input_ids) == 28
+
+
 def _megabytes(root) -> float:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
 

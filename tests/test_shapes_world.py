@@ -39,6 +39,30 @@ def test_world_words_are_single_tokens_and_survive_a_reload(tmp_path):
     assert len(t5.tokenize(prompt)) == 11  # one token per word
 
 
+def _shipped_tokenizers():
+    """The t2i model's tokenizers, loaded by the classes its model_index.json names (as diffusers does)."""
+    import transformers
+
+    root = assets.assets_dir() / assets.T2I
+    index = json.loads((root / "model_index.json").read_text())
+    return [getattr(transformers, index[name][1]).from_pretrained(root / name) for name in ("tokenizer", "tokenizer_2")]
+
+
+def test_shipped_tokenizers_fold_capitals_and_keep_every_world_prompts_ids():
+    """A capitalised prompt tokenizes as its lowercase form in both shipped tokenizers (T5 too, through the
+    charsmap in its tokenizer.json), and case folding changed no id of any world prompt: the shipped weights
+    see exactly what they were trained on."""
+    from tokenizers import Tokenizer
+
+    clip, t5 = _shipped_tokenizers()
+    for tok in (clip, t5):
+        assert tok("A Photo Of Three RED Circles").input_ids == tok("a photo of three red circles").input_ids
+    as_trained = Tokenizer.from_str(t5.backend_tokenizer.to_str())
+    as_trained.normalizer = None  # the shipped vocabulary without the case folding
+    prompts = sorted({r["prompt"] for split in ("train", "test") for r in metadata(split)})
+    assert [e.ids for e in as_trained.encode_batch(prompts)] == [t5(p).input_ids for p in prompts]
+
+
 def test_shipped_assets_are_complete_and_small():
     root = assets.check_assets()
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -93,6 +93,37 @@ def test_t5_tokenizer_pads_truncates_and_round_trips(tmp_path: Path) -> None:
     assert torch.equal(enc2.input_ids, ids)
 
 
+def test_t5_tokenizer_lowercases_its_input_after_a_reload_too(tmp_path: Path) -> None:
+    """The vocabulary holds lowercased words, so capitals in a prompt must fold to them, in the SAVED
+    tokenizer (diffusers loads it with T5Tokenizer.from_pretrained, which keeps only a precompiled charsmap)."""
+    tok = build_tiny_t5_tokenizer(32, words=["put", "the", "bottle"])
+    tok.save_pretrained(tmp_path)
+    for t in (tok, T5Tokenizer.from_pretrained(tmp_path)):
+        assert t.tokenize("Put THE Bottle") == ["▁put", "▁the", "▁bottle"]
+        assert t("Put THE Bottle, é Ä 1").input_ids == t("put the bottle, é Ä 1").input_ids
+    case_sensitive = build_tiny_t5_tokenizer(32, words=["put"], lowercase=False)
+    assert case_sensitive.tokenize("Put") == ["▁", "P", "u", "t"]
+
+
+def test_ascii_lowercase_charsmap_folds_exactly_a_to_z() -> None:
+    import random
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    from slas.tokenization import ascii_lowercase_charsmap
+
+    fold = normalizers.Precompiled(ascii_lowercase_charsmap())
+    # Marks and joiners are left out: a capital + a mark is one grapheme, which the reader maps whole to the
+    # bare lowercase letter (documented in ascii_lowercase_charsmap).
+    chars = [chr(c) for c in range(1, 0x3000) if unicodedata.category(chr(c))[0] != "M" and c != 0x200D]
+    rng = random.Random(0)
+    for _ in range(500):  # any byte a lookup can reach stays inside the array (a bad one would panic)
+        text = "".join(rng.choice(chars[:127] if rng.random() < 0.5 else chars) for _ in range(8))
+        assert fold.normalize_str(text) == "".join(c.lower() if "A" <= c <= "Z" else c for c in text), repr(text)
+    assert fold.normalize_str("ÀÉ ß Ω ABC xyz") == "ÀÉ ß Ω abc xyz"
+
+
 # ---------------------------------------------------------------------------------------- determinism
 
 

@@ -18,17 +18,28 @@ Transformers 5 notes (why the tokenizers look the way they do):
 * ``T5Tokenizer`` hard-codes a ``Unigram`` model (and on reload builds ``Unigram(vocab)``, which
   rejects a BPE ``dict`` vocab), so a byte-level BPE cannot round-trip as a T5 tokenizer. The T5
   tokenizer is therefore a ``Unigram`` over the same alphabet plus ``"▁"``, with ``extra_ids=0``.
+* Case: the vocabularies hold lowercased words, so the INPUT must be lowercased too, in the saved
+  tokenizer (users load it through diffusers, not through our code). ``CLIPTokenizer`` rebuilds a
+  ``Lowercase`` normalizer on reload (real CLIP lowercases). ``T5Tokenizer`` rebuilds no normalizer except
+  SentencePiece's precompiled charsmap (``normalizers.Precompiled``, read back from ``tokenizer.json``:
+  that is where real T5 keeps its normalisation), so a plain ``Lowercase`` would be dropped on reload and
+  "Put" would be spelled out letter by letter while "put" is one token. :func:`build_t5_tokenizer`
+  therefore carries :func:`ascii_lowercase_charsmap` (A-Z -> a-z) as its normalizer.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE, Unigram
 from transformers import CLIPTokenizerFast, T5TokenizerFast
 
-__all__ = ["CLIP_MAX_LENGTH", "T5_MAX_LENGTH", "build_clip_tokenizer", "build_t5_tokenizer", "byte_level_alphabet"]
+__all__ = [
+    "CLIP_MAX_LENGTH", "T5_MAX_LENGTH", "ascii_lowercase_charsmap", "build_clip_tokenizer", "build_t5_tokenizer",
+    "byte_level_alphabet",
+]
 
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 512
@@ -47,6 +58,33 @@ def byte_level_alphabet() -> list[str]:
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     assert len(alphabet) == 256
     return alphabet
+
+
+def ascii_lowercase_charsmap() -> bytes:
+    """A SentencePiece precompiled charsmap that maps ``A``-``Z`` to ``a``-``z`` and leaves everything else.
+
+    The format, as ``tokenizers.normalizers.Precompiled`` reads it (SentencePiece's ``precompiled_charsmap``;
+    the trie is a darts-clone double array): a little-endian u32 byte size of the array, the array of u32
+    units, then the replacement strings, each NUL-terminated. A unit holds a label (bits 0-7), a has-leaf
+    flag (bit 8) and an offset (bits 10-30); a leaf unit sets bit 31 and holds the byte position of its
+    replacement. Lookup of byte ``c``: from the root (unit 0, offset 256) to unit ``256 ^ c``, which must be
+    labelled ``c``; its offset leads to its leaf at ``512 + k``. Bytes other than A-Z land on empty units
+    (label 0: no match), and every position a lookup can reach lies in the 768 units, so no input reads
+    past the array.
+
+    Only ASCII letters are folded (the worlds' vocabularies are ASCII words); one quirk of the library's
+    reader: a capital followed by a combining mark (one grapheme, e.g. "A" + U+0301) becomes the bare
+    lowercase letter.
+    """
+    units, replacements = [0] * 768, b""
+    units[0] = 256 << 10
+    for k, c in enumerate(range(ord("A"), ord("Z") + 1)):
+        node, leaf = 256 ^ c, 512 + k
+        units[node] = ((node ^ leaf) << 10) | (1 << 8) | c
+        units[leaf] = (1 << 31) | len(replacements)
+        replacements += bytes([c]).lower() + b"\0"
+    array = struct.pack(f"<{len(units)}I", *units)
+    return struct.pack("<I", len(array)) + array + replacements
 
 
 def _clip_backend(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
@@ -117,12 +155,20 @@ def build_clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH, *, words: Sequ
     )
 
 
-def build_t5_tokenizer(model_max_length: int = T5_MAX_LENGTH, *, words: Sequence[str] = ()) -> T5TokenizerFast:
-    """T5 tokenizer: Unigram over ``<pad>, </s>, <unk>, ▁``, the 256 byte-level characters and ``▁word``."""
+def build_t5_tokenizer(model_max_length: int = T5_MAX_LENGTH, *, words: Sequence[str] = (),
+                       lowercase: bool = True) -> T5TokenizerFast:
+    """T5 tokenizer: Unigram over ``<pad>, </s>, <unk>, ▁``, the 256 byte-level characters and ``▁word``.
+
+    ``lowercase`` (the default) folds A-Z in the input, as the lowercased vocabulary needs, through the
+    normalizer a saved T5 tokenizer keeps (:func:`ascii_lowercase_charsmap`); ``False`` only for a model
+    that was trained on case-sensitive ids (the product-in-hand world's shipped edit model).
+    """
     pieces = [(_T5_PAD, 0.0), (_T5_EOS, 0.0), (_T5_UNK, 0.0), (_T5_SPACE, -1.0)]
     pieces += [(ch, -2.0) for ch in byte_level_alphabet()]
     pieces += [(_T5_SPACE + w, -1.0) for w in sorted({w.lower() for w in words})]
     backend = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
+    if lowercase:
+        backend.normalizer = normalizers.Precompiled(ascii_lowercase_charsmap())
     # Same pre-tokeniser/decoder as transformers' T5Tokenizer (it rebuilds exactly this on reload).
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
