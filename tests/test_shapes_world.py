@@ -216,7 +216,8 @@ def test_bench_hacking_summarizes_every_variant_over_seeds(tmp_path, monkeypatch
 
 
 def test_bench_sigterm_stops_the_parallel_workers(tmp_path):
-    """``slas bench hacking --jobs N`` killed with SIGTERM takes its pool workers with it (they used to go on)."""
+    """``slas bench hacking --jobs N`` killed with SIGTERM takes its pool workers with it, even workers that
+    catch SIGTERM to finish an iteration (they used to go on training, then deadlock the pool's shutdown)."""
     import signal
     import subprocess
     import sys
@@ -224,13 +225,16 @@ def test_bench_sigterm_stops_the_parallel_workers(tmp_path):
     from pathlib import Path
 
     script = tmp_path / "pool.py"
-    script.write_text(
-        "import multiprocessing as mp, time\n"
+    script.write_text(  # the workers take SIGTERM as "finish this iteration", as run_training does
+        "import multiprocessing as mp, signal, time\n"
         "from slas.bench.hacking import sigterm_exits\n"
+        "def train(seconds):\n"
+        "    signal.signal(signal.SIGTERM, lambda *_: None)\n"
+        "    time.sleep(seconds)\n"
         "if __name__ == '__main__':\n"
         "    with sigterm_exits(), mp.get_context('spawn').Pool(2) as pool:\n"
         "        print('ready', flush=True)\n"
-        "        pool.map(time.sleep, [120, 120])\n"
+        "        pool.map(train, [120, 120])\n"
     )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert parent.stdout.readline().strip() == "ready"

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -101,12 +102,24 @@ def _mlflow_off():
 
 @contextlib.contextmanager
 def sigterm_exits():
-    """SIGTERM raises ``SystemExit`` here, so the ``with Pool`` around the parallel runs terminates its workers:
-    Python's default SIGTERM kills only the parent, and the spawned workers went on training for minutes."""
+    """SIGTERM kills the pool's workers and raises ``SystemExit`` here, so a parallel bench stops at once.
+
+    Python's default SIGTERM killed only the parent, and the spawned workers went on training for minutes.
+    Raising alone is not enough: ``Pool.terminate`` signals its workers with SIGTERM, which a worker inside
+    ``run_training`` takes as "stop after this iteration"; the worker then finishes its run and waits for a
+    task the terminating pool never gives, and the pool waits for it (a deadlock, seen). A bench run is
+    only kept once it finished (``results.jsonl``), so nothing is lost by killing the workers outright.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+    def stop(signum: int, _frame: Any) -> None:
+        for child in multiprocessing.active_children():
+            child.kill()
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
@@ -277,11 +290,9 @@ def _run_all(names: Sequence[str], seeds: int, plan: DemoPlan, out: Path, device
     open_store().close()  # create the job store once, before parallel runs open it
     with _mlflow_off():  # hundreds of short runs: the JSONL metrics and the store are enough
         if jobs > 1:
-            import multiprocessing as mp
-
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with sigterm_exits(), mp.get_context("spawn").Pool(jobs, initializer=_set_threads,
-                                                               initargs=(threads,)) as pool:
+            with sigterm_exits(), multiprocessing.get_context("spawn").Pool(jobs, initializer=_set_threads,
+                                                                            initargs=(threads,)) as pool:
                 for r in pool.imap_unordered(_run_one, tasks):
                     done[(r["variant"], r["seed"])] = _append(done_path, r)
         else:
