@@ -1,5 +1,5 @@
 """The product-in-hand world's MLLM judge: the simulated annotator's stated bias, training reads what
-``mllm_judge`` scores, and the training entry point on tiny settings."""
+``mllm_judge`` scores, the training entry point on tiny settings, and its ``--device`` option."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from slas.handworld import judge as gt
-from slas.handworld import vljudge
+from slas.handworld import vljudge, vljudge_eval, vljudge_train
 from slas.handworld.annotator import annotate, bias_summary
 from slas.handworld.data import sample_split_scene
 from slas.handworld.render import render_layout, render_person, render_product
@@ -69,7 +69,7 @@ def test_the_training_read_out_is_the_reward_score(tmp_path) -> None:
     model, processor = vljudge.build_judge(TINY, seed=1)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    judge = vljudge._load_judge(tmp_path, "float32")
+    judge = vljudge._load_judge(tmp_path, "float32", "cpu")
     rng = random.Random(2)
     examples = [vljudge.sample_example(rng, "train", variant) for variant in ("correct", "missing", "too_large")]
     images = vljudge.as_tensor([e.edit for e in examples])
@@ -91,8 +91,9 @@ def test_train_entry_point_writes_a_loadable_judge(tmp_path) -> None:
     vljudge.main(["train", "--out", str(out), "--minutes", "0", "--steps", "3", "--batch", "3", "--eval", "12",
                   "--text-hidden", "32", "--text-layers", "1", "--vision-hidden", "16", "--vision-depth", "1",
                   "--image-px", "56", "--window-px", "56", "--log-every", "1", "--vision-frac", "0.3",
-                  "--short-frac", "0.3"])
+                  "--short-frac", "0.3", "--device", "cpu"])
     report = json.loads((out / vljudge.REPORT).read_text())
+    assert report["device"] == "cpu" and report["heldout"]["device"] == "cpu"
     assert report["steps"] == 3 and [row["stage"] for row in report["log"]] == ["vision", "short", "full"]
     assert report["heldout"]["n"] == 12
     for c in ("presence", "similarity", "interaction"):
@@ -105,4 +106,47 @@ def test_train_entry_point_writes_a_loadable_judge(tmp_path) -> None:
 def test_train_refuses_bad_settings_in_one_line(tmp_path) -> None:
     with pytest.raises(SystemExit, match="batch >= 3"):
         vljudge.main(["train", "--out", str(tmp_path / "j"), "--batch", "1"])
+    assert not (tmp_path / "j").exists()
+
+
+def test_device_cpu_is_honoured_where_auto_would_take_cuda(tmp_path, monkeypatch, capsys) -> None:
+    """With CUDA made to look present, ``auto`` resolves to it, yet ``--device cpu`` scores on the CPU: the
+    judge the evaluation loads is there (a run that ignored the option would try CUDA and fail)."""
+    model, processor = vljudge.build_judge(TINY, seed=1)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert vljudge.resolve_device("auto").type == "cuda"
+    loaded = []
+    real_load = vljudge_eval._load_judge
+
+    def spy(model_dir, dtype, device):
+        judge = real_load(model_dir, dtype, device)
+        loaded.append(next(judge.model.parameters()).device)
+        return judge
+
+    monkeypatch.setattr(vljudge_eval, "_load_judge", spy)
+    vljudge.main(["evaluate", "--model", str(tmp_path), "--eval", str(len(vljudge.VARIANTS)),
+                  "--dtype", "float32", "--device", "cpu"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "cpu" and out["n"] == len(vljudge.VARIANTS)
+    assert loaded == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize(("device", "why"), [("banana", "is not a device"), ("cuda:99", "CUDA")])
+def test_bad_device_is_one_line_naming_the_option_before_any_model(tmp_path, monkeypatch, command, device,
+                                                                   why) -> None:
+    """An unknown name, or a GPU this machine lacks, stops both commands in one line naming ``--device``
+    before a model is built or loaded (and before the missing ``--model`` directory is looked at)."""
+    def no_model(*a, **k):
+        raise AssertionError("a model was built or loaded before the device was checked")
+
+    monkeypatch.setattr(vljudge_train, "build_judge", no_model)
+    monkeypatch.setattr(vljudge_eval, "_load_judge", no_model)
+    where = ["--out", str(tmp_path / "j")] if command == "train" else ["--model", str(tmp_path / "absent")]
+    with pytest.raises(SystemExit) as exc:
+        vljudge.main([command, *where, "--device", device])
+    message = str(exc.value)
+    assert "--device" in message and why in message and "\n" not in message
     assert not (tmp_path / "j").exists()
